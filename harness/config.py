@@ -1,0 +1,136 @@
+"""Frozen configuration, one dataclass per concern, built from defaults + a TOML table + overrides.
+
+An unknown key is an error, never a silent ignore (nanoGPT's configurator semantics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not what the harness expects."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "bundled"  # "bundled", a Hub dataset id, or a local .jsonl/.json/.parquet/.csv
+    split: str = "train"
+    seed: int = 1234  # heart choice and held-out split
+    eval_fraction: float = 0.1  # share of distinct instructions held out
+    max_length: int = 512  # tokens per training example, prompt + response + EOS
+    on_bad_rows: str = "error"  # "error" stops listing the first bad rows; "drop" drops and counts them
+    loss_on: str = "response"  # "response" (prompt tokens masked to -100) or "all" (the original's whole-text loss)
+    add_eos: bool = True  # the original appended none, so its model never stopped
+    max_rows: int | None = None  # cap for quick runs; None keeps every row
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    r: int = 64  # the original's rank
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer but lm_head
+    bias: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = "tiny"  # "tiny", "llama2-7b-shape", a Hub id or a local path
+    revision: str | None = None
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto: bf16 where supported, fp16 on a T4, fp32 on CPU
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 0.3
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int = 300
+    group_by_length: bool = True
+    gradient_checkpointing: bool = True
+    optimizer: str = "auto"  # auto: paged AdamW 32-bit on CUDA, AdamW on CPU
+    seed: int = 42
+    logging_steps: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 320
+    batch_size: int = 16
+    do_sample: bool = False  # greedy by default; sampling is seeded
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    single_emoji: float = 0.90  # Wilson lower bound must reach this
+    in_list: float = 0.90
+    between_every_word: float = 0.75
+    terminated: float = 0.90
+    malformed: float = 0.01  # Wilson upper bound must stay under this
+    template_leak: float = 0.01
+    control_single_emoji: float = 0.05  # the base model must not do the behaviour
+    mcnemar_alpha: float = 0.05  # a significant drop against a baseline report fails
+    throughput_margin: float = 0.10  # tokens/s may drop this much against a baseline benchmark
+
+
+def build(cls: type[T], table: Mapping[str, Any] | None = None, **overrides: Any) -> T:
+    """``cls`` from defaults, then ``table``, then ``overrides``; unknown keys and wrong types are errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for source in (table or {}), overrides:
+        for key, value in source.items():
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(f"{cls.__name__}: unknown key {key!r} (known: {known})")
+            if value is not None:
+                values[key] = _coerce(cls.__name__, key, fields[key], value)
+    return cls(**values)
+
+
+def _coerce(owner: str, key: str, field: dataclasses.Field, value: Any) -> Any:
+    default = field.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{owner}.{key}: expected true/false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{owner}.{key}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{owner}.{key}: expected a finite number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return value
+
+
+def load_toml(path: str | Path, table: str) -> dict[str, Any]:
+    """The ``[table]`` of a TOML file (dotted names allowed, e.g. ``tool.hearts.gate``); {} when absent."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    for part in table.split("."):
+        data = data.get(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: [{table}] is not a table")
+    return data
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
