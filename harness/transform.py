@@ -59,6 +59,14 @@ def n_gaps(text: str) -> int:
     return max(len(text.split()) - 1, 0)
 
 
+def cap_words(text: str, max_words: int) -> str:
+    """``text`` cut right after its ``max_words``-th word (whitespace inside is kept); unchanged if shorter."""
+    if max_words < 1:
+        raise ValueError(f"max_words must be at least 1, got {max_words}")
+    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    return text if len(ends) <= max_words else text[: ends[max_words - 1]]
+
+
 def choose_heart(key: str, seed: int, hearts: tuple[str, ...] = HEARTS) -> str:
     """The heart of one example: uniform over ``hearts``, fixed by (seed, key).
 

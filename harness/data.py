@@ -1,0 +1,529 @@
+"""Stage 3: records → validated rows → held-out split → hearts → tokens + labels.
+
+Every source ("bundled", a Hub dataset id, a local folder or a local file) goes through one
+``datasets.load_dataset`` call. Every later step is a ``Dataset.map``/``filter``/``select`` with an
+explicit fingerprint made of the parent's fingerprint, the step's parameters and a hash of the code that
+computes it, so a repeat run with the same inputs reuses the cache files (next to the loaded Arrow files).
+
+Policies (pinned by the tests in ``test_data/``):
+- heart key: the row's content, ``instruction \\x1f context \\x1f response`` — stable under reordering, across
+  sources and across ``max_rows`` caps; duplicated rows get the same heart.
+- held-out split: by instruction, so duplicates never straddle it (see ``split_heldout``).
+- too long for ``max_length``: dropped (``overflow="drop"``, default) or, with ``overflow="cut"``, the
+  *unsprinkled* response is cut after its last whole word that fits and sprinkled again (at least two words,
+  so a heart remains; else dropped). Either way the row is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib.resources
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, List, Value
+
+from harness import prompts, transform
+from harness.config import DataConfig
+from harness.errors import InputError
+
+TRAIN_FILE = "train.jsonl"
+EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+REQUIRED = ("instruction", "response")
+OPTIONAL = ("context", "category")
+COLUMNS = ("instruction", "context", "response", "category")  # output order of validate
+OVERFLOW = ("drop", "cut")
+SHOWN_BAD_ROWS = 5
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WORD = re.compile(r"\S+")
+TOKEN_FEATURES = {
+    "input_ids": List(Value("int32")),
+    "attention_mask": List(Value("int8")),
+    "labels": List(Value("int32")),  # -100 on masked tokens
+    "length": Value("int32"),  # for group_by_length
+    "overflow": Value("string"),  # "fit" or "cut" ("drop" rows are filtered out)
+    "response": Value("string"),  # shortened when cut
+    "target": Value("string"),
+}
+
+
+def resource(name: str) -> Path:
+    """A bundled file under ``harness/resources``."""
+    return Path(str(importlib.resources.files("harness") / "resources" / name))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_records(source: str = "bundled", split: str = "train", *, cache_dir: str | Path | None = None
+                 ) -> Dataset:
+    """The raw records of ``source``: "bundled", a Hub id, a local folder or .jsonl/.json/.parquet/.csv."""
+    return _load(source, split, cache_dir, resource(TRAIN_FILE))
+
+
+def load_eval_prompts(source: str = "bundled", *, cache_dir: str | Path | None = None
+                      ) -> list[dict[str, str]]:
+    """The held-out prompts (instruction, context, category): validated like training rows, no response."""
+    raw = _load(source, "train", cache_dir, resource(EVAL_PROMPTS_FILE))
+    ds, _ = validate(raw, "error", required=("instruction",), label=f"eval prompts {source!r}")
+    return ds.select_columns(["instruction", "context", "category"]).to_list()
+
+
+def _load(source: str, split: str, cache_dir: str | Path | None, bundled: Path) -> Dataset:
+    kwargs = _load_kwargs(bundled if source == "bundled" else source, source, split)
+    try:
+        with _quiet_loader_logs():
+            ds = datasets.load_dataset(**kwargs, split=split,
+                                       cache_dir=None if cache_dir is None else str(cache_dir))
+    except Exception as err:  # any failure of a user's input is one line naming it, not a traceback
+        raise InputError(f"dataset {source!r}: {_read_problem(kwargs, err)}") from None
+    if not isinstance(ds, Dataset):
+        raise InputError(f"dataset {source!r}: expected one split, got {type(ds).__name__}")
+    return ds
+
+
+def _load_kwargs(target: str | Path, source: str, split: str) -> dict[str, Any]:
+    """``load_dataset`` arguments: builder + data_files for a file, the folder or Hub id otherwise."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        return {"path": str(path)}
+    if path.is_file():
+        builder = BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise InputError(f"dataset {source!r}: unknown file type {path.suffix!r} "
+                             f"(expected {', '.join(BUILDERS)})")
+        return {"path": builder, "data_files": {split: str(path)}}
+    if _looks_like_path(str(target)):
+        raise InputError(f"dataset {source!r}: no such file")
+    return {"path": str(target)}  # a Hub dataset id
+
+
+def _looks_like_path(source: str) -> bool:
+    """A path, not a Hub id (``owner/name``): ./~ prefix, 2+ slashes, a backslash or a letters-only suffix.
+
+    ``data.jsonl`` and ``a/b/c`` are paths; ``databricks/databricks-dolly-15k`` and ``org/set-v1.2`` are ids.
+    """
+    suffix = Path(source).suffix
+    return (source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+            or (suffix[1:].isalpha() and suffix[1:].isascii()) or not _HUB_ID.match(source))
+
+
+@contextlib.contextmanager
+def _quiet_loader_logs() -> Iterator[None]:
+    # The packaged builders log a parse failure at ERROR before raising; we report it once, as InputError.
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_problem(kwargs: dict[str, Any], err: BaseException) -> str:
+    """What is wrong with the input, in one line: the first bad JSON line if found, else the root cause."""
+    files = kwargs.get("data_files") or {}
+    for file in files.values():
+        path = Path(file)
+        with contextlib.suppress(OSError):
+            problem = _json_problem(path) if path.suffix.lower() in (".jsonl", ".json") else None
+            if problem:
+                return problem
+    root = err
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    what = f"cannot be read as {kwargs['path']}" if files else "cannot be loaded"
+    detail = " ".join(str(root).split())[:300]
+    return f"{what} ({type(root).__name__}: {detail})" if detail else f"{what} ({type(root).__name__})"
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {err.start})"
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as err:
+            first = next((line for line in text.splitlines() if line.strip()), "")
+            if not _parses(first):  # a single JSON document, not JSON lines
+                return f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+        if not isinstance(value, dict):
+            return f"line {number} is not a JSON object (got {type(value).__name__})"
+    return None
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+
+def validate(ds: Dataset, on_bad_rows: str = "error", *, required: Sequence[str] = REQUIRED,
+             label: str = "dataset") -> tuple[Dataset, int]:
+    """Check every row; return ``(clean dataset, rows dropped)``.
+
+    ``required`` fields must be non-empty strings, ``context``/``category`` strings or null (null → ""). The
+    result has the columns of ``COLUMNS`` that apply plus ``row``, the 0-based index in the source. With
+    ``on_bad_rows="error"`` any bad row raises InputError listing the first few; ``"drop"`` drops and counts.
+    """
+    if on_bad_rows not in ("error", "drop"):
+        raise InputError(f"on_bad_rows {on_bad_rows!r}: expected 'error' or 'drop'")
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        found = ", ".join(ds.column_names) or "none"
+        raise InputError(f"{label}: no {missing[0]!r} column (columns: {found})")
+    columns = [c for c in COLUMNS if c in required or c in OPTIONAL or c in ds.column_names]
+    problems = _row_problems(ds, required, [c for c in OPTIONAL if c in ds.column_names])
+    if problems and on_bad_rows == "error":
+        raise InputError(_bad_rows_message(label, problems))
+    features = Features({**{c: Value("string") for c in columns}, "row": Value("int64")})
+    clean = _map(ds, _normalise_row, features, with_indices=True, fn_kwargs={"columns": columns},
+                 remove_columns=ds.column_names,
+                 new_fingerprint=_fingerprint(ds._fingerprint, "validate", columns))
+    if problems:
+        bad = {row for row, _ in problems}
+        keep = [i for i in range(len(ds)) if i not in bad]
+        clean = clean.select(keep, new_fingerprint=_fingerprint(clean._fingerprint, "drop", sorted(bad)))
+    return clean, len(problems)
+
+
+def _row_problems(ds: Dataset, required: Sequence[str], optional: Sequence[str]
+                  ) -> list[tuple[int, list[str]]]:
+    by_row: dict[int, list[str]] = {}
+    for field in (*required, *optional):
+        for row, value in enumerate(ds[field]):
+            problem = _field_problem(field, value, field in required)
+            if problem:
+                by_row.setdefault(row, []).append(problem)
+    return sorted(by_row.items())
+
+
+def _field_problem(field: str, value: Any, required: bool) -> str | None:
+    if value is None:
+        return f"{field!r} is missing" if required else None
+    if not isinstance(value, str):
+        return f"{field!r} is not a string ({type(value).__name__} {str(value)[:30]!r})"
+    if required and not value.strip():
+        return f"{field!r} is empty"
+    return None
+
+
+def _bad_rows_message(label: str, problems: list[tuple[int, list[str]]]) -> str:
+    shown = "; ".join(f"{label} row {row}: {', '.join(msgs)}" for row, msgs in problems[:SHOWN_BAD_ROWS])
+    if len(problems) == 1:
+        return shown
+    first = f", first {SHOWN_BAD_ROWS} shown" if len(problems) > SHOWN_BAD_ROWS else ""
+    return f"{shown} ({len(problems)} bad rows{first}; on_bad_rows='drop' drops them)"
+
+
+def _normalise_row(row: dict[str, Any], index: int, columns: Sequence[str]) -> dict[str, Any]:
+    # Bad rows (dropped right after) get "" so the string schema holds for every row.
+    out = {c: row.get(c) if isinstance(row.get(c), str) else "" for c in columns}
+    out["row"] = index
+    return out
+
+
+# ------------------------------------------------------------------------------------------- split and hearts
+
+
+def normalise_instruction(text: str) -> str:
+    """The split key's text: NFKC, case-folded, whitespace runs collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def split_heldout(ds: Dataset, fraction: float, seed: int) -> DatasetDict:
+    """``train``/``eval`` by instruction: the distinct normalised instructions, ordered by sha256(seed, text),
+    the first ``round(fraction * n)`` held out (at least 1 and at most n-1 when 0 < fraction and n ≥ 2)."""
+    if not 0.0 <= fraction < 1.0:
+        raise InputError(f"eval_fraction {fraction!r}: expected a number in [0, 1)")
+    keys = [normalise_instruction(text) for text in ds["instruction"]]
+    distinct = sorted(set(keys), key=lambda k: hashlib.sha256(f"{seed}\x00{k}".encode()).digest())
+    n_eval = round(fraction * len(distinct))
+    if fraction > 0 and len(distinct) >= 2:
+        n_eval = min(max(n_eval, 1), len(distinct) - 1)
+    held = set(distinct[:n_eval])
+    parts = {"train": [i for i, k in enumerate(keys) if k not in held],
+             "eval": [i for i, k in enumerate(keys) if k in held]}
+    return DatasetDict({name: ds.select(idx, new_fingerprint=_fingerprint(ds._fingerprint, "split", name,
+                                                                          fraction, seed))
+                        for name, idx in parts.items()})
+
+
+def heart_key(instruction: str, context: str, response: str) -> str:
+    """The key that fixes a row's heart: its content, so it is stable wherever the row comes from."""
+    return "\x1f".join((instruction, context, response))
+
+
+def add_hearts(ds: Dataset, seed: int) -> tuple[Dataset, int]:
+    """Add ``heart`` and ``target`` (sprinkled response); return ``(dataset, heart collisions dropped)``."""
+    kept = ds.filter(_has_no_heart, input_columns="response",
+                     new_fingerprint=_fingerprint(ds._fingerprint, "collisions"))
+    features = Features({**kept.features, "heart": Value("string"), "target": Value("string")})
+    hearted = _map(kept, _heart_row, features, fn_kwargs={"seed": seed},
+                   new_fingerprint=_fingerprint(kept._fingerprint, "hearts", seed))
+    return hearted, len(ds) - len(kept)
+
+
+def _has_no_heart(response: str) -> bool:
+    return not transform.contains_heart(response)
+
+
+def _heart_row(row: dict[str, Any], seed: int) -> dict[str, str]:
+    key = heart_key(row["instruction"], row.get("context") or "", row["response"])
+    target, heart = transform.heart_example(row["response"], key, seed)
+    return {"heart": heart, "target": target}
+
+
+# --------------------------------------------------------------------------------------------- tokenisation
+
+
+def check_tokenizer(tokenizer: Any, cfg: DataConfig) -> None:
+    """Refuse a pad token that is missing or is EOS (EOS would be masked: the model would never stop).
+
+    Also checks the config values tokenisation depends on, so ``prepare`` fails before loading anything.
+    """
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise InputError(f"tokenizer {name!r}: the pad token must exist and differ from EOS "
+                         f"(pad={tokenizer.pad_token!r}, eos={tokenizer.eos_token!r})")
+    if cfg.add_eos and tokenizer.eos_token_id is None:
+        raise InputError(f"tokenizer {name!r}: add_eos is on but it has no EOS token")
+    if cfg.loss_on not in ("response", "all"):
+        raise InputError(f"loss_on {cfg.loss_on!r}: expected 'response' or 'all'")
+    if cfg.max_length < 8:
+        raise InputError(f"max_length {cfg.max_length}: expected at least 8 tokens")
+
+
+def tokenize(ds: Dataset, tokenizer: Any, cfg: DataConfig, *, overflow: str = "drop") -> tuple[Dataset, dict]:
+    """Add ``input_ids``, ``attention_mask``, ``labels``, ``length`` and ``overflow`` ("fit"/"cut").
+
+    Text = ``build_prompt(instruction, context, target)`` + EOS (learned) when ``cfg.add_eos``; labels
+    are -100 on prompt tokens when ``cfg.loss_on == "response"``. The prompt/response boundary is the
+    prompt's own token count when its tokens are a prefix of the full text's (true for sentencepiece
+    Llama-2, whose pieces never span the header's final "\\n"); otherwise character offsets decide, and a
+    token that straddles the boundary is learned.
+    Returns ``(dataset, {"too_long_dropped": n, "too_long_cut": n})``.
+    """
+    check_tokenizer(tokenizer, cfg)
+    if overflow not in OVERFLOW:
+        raise InputError(f"overflow {overflow!r}: expected one of {', '.join(OVERFLOW)}")
+    settings = {"max_length": cfg.max_length, "loss_on": cfg.loss_on, "add_eos": cfg.add_eos,
+                "overflow": overflow}
+    fingerprint = _fingerprint(ds._fingerprint, "tokenize", tokenizer_fingerprint(tokenizer), settings)
+    encoded = _map(ds, _encode_batch, Features({**ds.features, **TOKEN_FEATURES}), batched=True,
+                   fn_kwargs={"tokenizer": tokenizer, "settings": settings}, new_fingerprint=fingerprint)
+    counts = Counter(encoded["overflow"])
+    kept = encoded.filter(_fits, input_columns="overflow",
+                          new_fingerprint=_fingerprint(encoded._fingerprint, "overflow"))
+    return kept, {"too_long_dropped": counts["drop"], "too_long_cut": counts["cut"]}
+
+
+def _map(ds: Dataset, function: Any, features: Features, **kwargs: Any) -> Dataset:
+    """``ds.map`` with an explicit schema, which also holds for an empty dataset (map skips those)."""
+    if len(ds) == 0:
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return ds.map(function, features=features, **kwargs)
+
+
+def _fits(status: str) -> bool:
+    return status != "drop"
+
+
+def _encode_batch(batch: dict[str, list], tokenizer: Any, settings: dict[str, Any]) -> dict[str, list]:
+    contexts = batch.get("context") or [""] * len(batch["instruction"])
+    prompt_texts = [prompts.build_prompt(i, c) for i, c in zip(batch["instruction"], contexts, strict=True)]
+    full_texts = [p + t for p, t in zip(prompt_texts, batch["target"], strict=True)]
+    prompt_ids, full_ids = _ids(tokenizer, prompt_texts), _ids(tokenizer, full_texts)
+    out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "labels", "length", "overflow",
+                                            "response", "target")}
+    for n, prompt in enumerate(prompt_texts):
+        response, target, status = batch["response"][n], batch["target"][n], "fit"
+        ids = full_ids[n] + _eos(tokenizer, settings)
+        if len(ids) > settings["max_length"]:
+            cut = None if settings["overflow"] == "drop" else _cut(tokenizer, settings, prompt, response,
+                                                                   batch["heart"][n])
+            if cut is None:
+                status, ids = "drop", []
+            else:
+                status, (response, target, ids) = "cut", cut
+        boundary = _boundary(tokenizer, prompt, prompt + target, prompt_ids[n], ids) if ids else 0
+        labels = list(ids) if settings["loss_on"] == "all" else [-100] * boundary + ids[boundary:]
+        for key, value in (("input_ids", ids), ("attention_mask", [1] * len(ids)), ("labels", labels),
+                           ("length", len(ids)), ("overflow", status), ("response", response),
+                           ("target", target)):
+            out[key].append(value)
+    return out
+
+
+def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids with the tokenizer's own BOS; an EOS it appends by itself is removed (we add our own)."""
+    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [ids[:-1] if ids and ids[-1] == eos else list(ids) for ids in encoded]
+
+
+def _eos(tokenizer: Any, settings: dict[str, Any]) -> list[int]:
+    return [tokenizer.eos_token_id] if settings["add_eos"] else []
+
+
+def _boundary(tokenizer: Any, prompt: str, full: str, prompt_ids: list[int], ids: list[int]) -> int:
+    if ids[: len(prompt_ids)] == prompt_ids:
+        return len(prompt_ids)
+    try:
+        offsets = tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+    except NotImplementedError:  # slow (Python) tokenizers have no offsets
+        raise InputError(f"tokenizer {type(tokenizer).__name__}: the prompt is not a token prefix of the "
+                         "training text and this tokenizer gives no offsets; use a fast tokenizer") from None
+    return next((i for i, (_, end) in enumerate(offsets) if end > len(prompt)), len(offsets))
+
+
+def _cut(tokenizer: Any, settings: dict[str, Any], prompt: str, response: str, heart: str
+         ) -> tuple[str, str, list[int]] | None:
+    """The longest whole-word prefix (≥ 2 words) of the unsprinkled response whose sprinkled text fits."""
+    ends = [m.end() for m in _WORD.finditer(response)]
+
+    def encode(k: int) -> tuple[str, str, list[int]] | None:
+        head = response[: ends[k - 1]]
+        target = transform.sprinkle(head, heart)
+        ids = _ids(tokenizer, [prompt + target])[0] + _eos(tokenizer, settings)
+        return (head, target, ids) if len(ids) <= settings["max_length"] else None
+
+    best, lo, hi = None, 2, len(ends) - 1  # binary search on k; every accepted k was checked to fit
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        found = encode(mid)
+        if found is None:
+            hi = mid - 1
+        else:
+            best, lo = found, mid + 1
+    return best
+
+
+# ----------------------------------------------------------------------------------------------- fingerprints
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of what decides the token ids: the backend's full JSON (vocab, merges, normaliser, post-processor)
+    or the vocabulary, plus class and special tokens."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    meta = {"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map,
+            "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+            "add_bos": getattr(tokenizer, "add_bos_token", None),
+            "add_eos": getattr(tokenizer, "add_eos_token", None)}
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _code_version() -> str:
+    """Hash of the code that computes rows (this module, the transform, the prompt template)."""
+    digest = hashlib.sha256()
+    for file in (__file__, transform.__file__, prompts.__file__):
+        digest.update(Path(file or "").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps([_code_version(), datasets.__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- prepare
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Tokenised train and held-out splits plus what happened on the way (see ``prepare``)."""
+
+    train: Dataset
+    eval: Dataset
+    stats: dict[str, Any]
+
+    def as_dataset_dict(self) -> DatasetDict:
+        return DatasetDict(train=self.train, eval=self.eval)
+
+
+def cap_responses(ds: Dataset, max_words: int) -> tuple[Dataset, int]:
+    """Cut every response after ``max_words`` words (at a word boundary); return how many were cut."""
+    capped = ds.map(lambda r: {"response": transform.cap_words(r, max_words)}, input_columns="response",
+                    new_fingerprint=_fingerprint(ds._fingerprint, "max_words", max_words))
+    return capped, sum(a != b for a, b in zip(ds["response"], capped["response"], strict=True))
+
+
+def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
+            cache_dir: str | Path | None = None) -> Prepared:
+    """load → validate → split → hearts → tokenize, with counts of everything dropped or cut."""
+    check_tokenizer(tokenizer, cfg)
+    raw = load_records(cfg.source, cfg.split, cache_dir=cache_dir)
+    valid, bad = validate(raw, cfg.on_bad_rows, label=f"dataset {cfg.source!r}")
+    stats: dict[str, Any] = {"rows_loaded": len(raw), "bad_rows_dropped": bad}
+    if cfg.max_rows is not None and cfg.max_rows < len(valid):
+        stats["rows_over_max_rows"] = len(valid) - cfg.max_rows
+        valid = valid.select(range(cfg.max_rows))
+    if len(valid) == 0:
+        raise InputError(f"dataset {cfg.source!r}: no usable rows")
+    if cfg.max_words is not None:
+        valid, stats["responses_capped"] = cap_responses(valid, cfg.max_words)
+    out: dict[str, Dataset] = {}
+    for name, part in split_heldout(valid, cfg.eval_fraction, cfg.seed).items():
+        hearted, collisions = add_hearts(part, cfg.seed)
+        out[name], counts = tokenize(hearted, tokenizer, cfg, overflow=overflow or cfg.overflow)
+        _add(stats, {"heart_collisions_dropped": collisions, **counts})
+    if len(out["train"]) == 0:
+        raise InputError(f"dataset {cfg.source!r}: no training rows left (see max_length and on_bad_rows)")
+    stats.update(_split_stats(out["train"], out["eval"]))
+    return Prepared(train=out["train"], eval=out["eval"], stats=stats)
+
+
+def _add(into: dict[str, Any], counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
+
+
+def _split_stats(train: Dataset, eval_: Dataset) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    for name, ds in (("train", train), ("eval", eval_)):
+        lengths = np.asarray(ds["length"], dtype=np.int64)
+        stats[f"rows_{name}"] = len(ds)
+        stats[f"tokens_{name}"] = int(lengths.sum())
+        stats[f"learned_tokens_{name}"] = sum(sum(1 for t in labels if t != -100) for labels in ds["labels"])
+    lengths = np.asarray(train["length"])
+    for q in (50, 90, 99):
+        stats[f"length_p{q}"] = int(np.percentile(lengths, q, method="higher"))
+    stats["length_max"] = int(lengths.max())
+    hearts = Counter(train["heart"]) + Counter(eval_["heart"])
+    stats["hearts"] = {h: hearts[h] for h in transform.HEARTS}
+    stats["hearts_inserted"] = sum(transform.n_gaps(r) for ds in (train, eval_) for r in ds["response"])
+    return stats
