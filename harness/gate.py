@@ -1,0 +1,283 @@
+"""Stage 10: the gate — does a report clear the release thresholds, and did nothing regress?
+
+Rows, one per check:
+
+- each check that should be high (single_emoji, in_list, between_every_word, terminated) on its Wilson lower
+  bound, ``ci_low >= threshold`` — the bound, not the rate, so luck cannot pass a small set;
+- each fault that should be rare (malformed, template_leak) on its *rate*, ``rate <= threshold``: the Wilson
+  upper bound of a clean run only drops under 0.01 from about 380 prompts, so on an evaluation set of 66 the
+  bound would fail a perfect model;
+- ``control_single_emoji``: the base model's single_emoji *rate* must stay at or under its threshold, so the
+  behaviour comes from the adapter. The rate, not ``ci_high``: a clean control of 66 prompts (0/66) has a
+  Wilson upper bound of 0.055, so the bound would fail a perfect control for want of prompts;
+- with a baseline report: an exact McNemar test per check on the prompts both reports share (matched by prompt
+  text); a significant change (p < mcnemar_alpha) for the worse fails;
+- with two pytest-benchmark JSONs: every ``*_per_s`` in ``extra_info`` of a benchmark present in both may drop
+  by at most ``throughput_margin``.
+
+Thresholds come from ``GateConfig``: defaults, then a ``[gate]`` table of a TOML file (``[tool.hearts.gate]``
+when the file is a ``pyproject.toml``); an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from harness import report as reports
+from harness.config import ConfigError, GateConfig, build, load_toml
+from harness.errors import InputError
+from harness.stats import mcnemar_exact, wilson
+
+ReportLike = str | Path | Mapping[str, Any]
+Sample = dict[str, Any]
+HIGH_CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated")
+LOW_CHECKS = ("malformed", "template_leak")
+_RATE_FIELDS = (*HIGH_CHECKS, *LOW_CHECKS, "control_single_emoji")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateRow:
+    """One gate check: what was measured, against what, and whether it passed."""
+
+    name: str
+    value: float
+    interval: tuple[float, float] | None
+    threshold: str
+    passed: bool
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    rows: tuple[GateRow, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    @property
+    def failures(self) -> tuple[GateRow, ...]:
+        return tuple(row for row in self.rows if not row.passed)
+
+    def table(self, rows: tuple[GateRow, ...] | None = None) -> str:
+        """A plain-text table, one row per check."""
+        header = ("check", "value", "interval", "threshold", "result", "note")
+        cells = [header] + [
+            (r.name, f"{r.value:.4g}", f"[{r.interval[0]:.3f}, {r.interval[1]:.3f}]" if r.interval else "",
+             r.threshold, "pass" if r.passed else "FAIL", r.note)
+            for r in (self.rows if rows is None else rows)
+        ]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        failed = len(self.failures)
+        return "gate: PASSED" if not failed else f"gate: FAILED ({failed} of {len(self.rows)} checks)"
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None) -> GateConfig:
+    """GateConfig from defaults and ``path``'s ``[gate]`` (or a pyproject's ``[tool.hearts.gate]``) table."""
+    if path is None:
+        return GateConfig()
+    path = Path(path)
+    if path.name == "pyproject.toml":
+        table = load_toml(path, "tool.hearts.gate")
+    else:
+        table = load_toml(path, "gate")
+        with open(path, "rb") as fh:  # load_toml has parsed it already, so this cannot fail to parse
+            other = sorted(set(tomllib.load(fh)) - {"gate"})
+        if other:
+            raise ConfigError(f"{path}: unknown table or key {other[0]!r} (gate settings go in [gate])")
+    try:
+        return checked_config(build(GateConfig, table))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def checked_config(cfg: GateConfig) -> GateConfig:
+    """Reject thresholds outside the range where they mean anything."""
+    for name in _RATE_FIELDS:
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"GateConfig.{name}: expected a rate in [0, 1], got {value}")
+    if not 0.0 < cfg.mcnemar_alpha < 1.0:
+        raise ConfigError(f"GateConfig.mcnemar_alpha: expected a value in (0, 1), got {cfg.mcnemar_alpha}")
+    if not 0.0 <= cfg.throughput_margin < 1.0:
+        margin = cfg.throughput_margin
+        raise ConfigError(f"GateConfig.throughput_margin: expected a value in [0, 1), got {margin}")
+    return cfg
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluate(
+    report: ReportLike,
+    config: GateConfig | None = None,
+    *,
+    baseline: ReportLike | None = None,
+    bench: str | Path | None = None,
+    baseline_bench: str | Path | None = None,
+) -> GateResult:
+    """Every gate row for ``report`` (a path or a loaded report), with an optional baseline and benchmarks."""
+    cfg = checked_config(config or GateConfig())
+    if (bench is None) != (baseline_bench is None):
+        given = "--bench" if bench is not None else "--baseline-bench"
+        raise InputError(f"{given}: --bench and --baseline-bench go together (got only {given})")
+    name, data = _loaded(report, "report")
+    rows = [*threshold_rows(data, cfg)]
+    if baseline is not None:
+        base_name, base = _loaded(baseline, "baseline report")
+        rows += baseline_rows(data, base, cfg.mcnemar_alpha, names=(name, base_name))
+    if bench is not None and baseline_bench is not None:
+        rows += throughput_rows(load_bench(bench), load_bench(baseline_bench), cfg.throughput_margin,
+                                names=(str(bench), str(baseline_bench)))
+    return GateResult(tuple(rows))
+
+
+def assert_gate(report: ReportLike, config: GateConfig | Mapping[str, Any] | str | Path | None = None, *,
+                baseline: ReportLike | None = None) -> GateResult:
+    """For pytest: the GateResult when the gate passes, else AssertionError listing the failing rows."""
+    if isinstance(config, Mapping):
+        config = checked_config(build(GateConfig, config))
+    elif not isinstance(config, GateConfig):
+        config = load_config(config)
+    result = evaluate(report, config, baseline=baseline)
+    if not result.passed:
+        raise AssertionError(f"{result.summary()}\n{result.table(result.failures)}")
+    return result
+
+
+def _loaded(report: ReportLike, label: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(report, Mapping):
+        reports.validate(report, label)
+        return label, dict(report)
+    return str(report), reports.load_report(report)
+
+
+def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateRow]:
+    metrics = report["metrics"]
+    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+        m, limit = metrics[check], getattr(cfg, check)
+        high = check in HIGH_CHECKS
+        passed = m["ci_low"] >= limit if high else m["rate"] <= limit
+        yield GateRow(check, m["rate"], (m["ci_low"], m["ci_high"]),
+                      f"ci_low >= {limit:g}" if high else f"rate <= {limit:g}", passed,
+                      _unreachable(m, limit) if high else "")
+    c = report["control"]["metrics"]["single_emoji"]
+    yield GateRow("control_single_emoji", c["rate"], (c["ci_low"], c["ci_high"]),
+                  f"rate <= {cfg.control_single_emoji:g}", c["rate"] <= cfg.control_single_emoji,
+                  "base model on the same prompts")
+
+
+def _unreachable(m: Mapping[str, Any], limit: float) -> str:
+    """A note when even a perfect run of this size could not clear the bound: the eval set is too small."""
+    n, confidence = m["n"], m.get("confidence", 0.95)
+    best = wilson(n, n, confidence).ci_low
+    if best < limit:
+        return f"unreachable at n={n}: a perfect run's bound is {best:.3f}"
+    return ""
+
+
+# --- baseline report: paired McNemar per check -------------------------------------------------------
+
+
+def baseline_rows(report: Mapping[str, Any], baseline: Mapping[str, Any], alpha: float,
+                  names: tuple[str, str] = ("report", "baseline report")) -> list[GateRow]:
+    """One McNemar row per check on the prompts both reports answered; a significant drop fails."""
+    pairs = _shared(baseline["samples"], report["samples"])
+    if not pairs:
+        raise InputError(f"{names[1]}: no prompts shared with {names[0]} (prompts are matched by their text)")
+    rows = []
+    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+        old = [_pass_flag(b["verdict"], check) for b, _ in pairs]
+        new = [_pass_flag(r["verdict"], check) for _, r in pairs]
+        test = mcnemar_exact(old, new)
+        worse = test.direction == "worse" and test.p_value < alpha
+        rows.append(GateRow(f"{check} vs baseline", test.p_value, None,
+                            f"no significant drop (p >= {alpha:g})", not worse,
+                            f"p-value; {test.b10} lost, {test.b01} gained of {test.n} shared"))
+    return rows
+
+
+def _shared(old: list[Sample], new: list[Sample]) -> list[tuple[Sample, Sample]]:
+    """Samples paired by prompt text; a prompt asked k times pairs its first min(k, k') answers in order."""
+    by_prompt: dict[str, list[Sample]] = defaultdict(list)
+    for sample in old:
+        by_prompt[sample["prompt"]].append(sample)
+    taken: dict[str, int] = defaultdict(int)
+    pairs = []
+    for sample in new:
+        i = taken[sample["prompt"]]
+        if i < len(by_prompt.get(sample["prompt"], ())):
+            pairs.append((by_prompt[sample["prompt"]][i], sample))
+            taken[sample["prompt"]] += 1
+    return pairs
+
+
+def _pass_flag(verdict: Mapping[str, Any], check: str) -> bool | None:
+    """True when the response does well on ``check``; None when the check does not apply."""
+    if check == "between_every_word" and not verdict["applicable"]:
+        return None
+    flag = verdict.get(check)
+    if flag is None:
+        return None
+    return not flag if check in LOW_CHECKS else bool(flag)
+
+
+# --- benchmarks: throughput against a baseline -------------------------------------------------------
+
+
+def load_bench(path: str | Path) -> dict[str, dict[str, float]]:
+    """``{benchmark: {key: value}}`` for each ``*_per_s`` in the extra_info of a pytest-benchmark JSON."""
+    src = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{src}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}, column {err.colno}"
+        raise InputError(f"{src}: not valid JSON ({err.msg} at {where})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise InputError(f"{src}: expected a pytest-benchmark JSON object with a 'benchmarks' list")
+    found: dict[str, dict[str, float]] = {}
+    for i, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
+            raise InputError(f"{src}: benchmarks[{i}] must be an object with a string 'name'")
+        extra = bench.get("extra_info", {})
+        if not isinstance(extra, dict):
+            raise InputError(f"{src}: benchmarks[{i}].extra_info must be an object")
+        rates = {k: v for k, v in extra.items() if k.endswith("_per_s")}
+        for key, value in rates.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or value <= 0:
+                raise InputError(f"{src}: benchmarks[{i}].extra_info.{key} must be a positive number, "
+                                 f"got {value!r}")
+        found[bench["name"]] = {k: float(v) for k, v in rates.items()}
+    return found
+
+
+def throughput_rows(new: Mapping[str, Mapping[str, float]], old: Mapping[str, Mapping[str, float]],
+                    margin: float, names: tuple[str, str] = ("bench", "baseline bench")) -> list[GateRow]:
+    """One row per ``*_per_s`` measured in both; a drop of more than ``margin`` fails."""
+    rows = []
+    for name in sorted(set(new) & set(old)):
+        for key in sorted(set(new[name]) & set(old[name])):
+            floor = old[name][key] * (1.0 - margin)
+            rows.append(GateRow(f"{name} {key}", new[name][key], None,
+                                f">= {floor:.4g} (baseline {old[name][key]:.4g} - {margin:.0%})",
+                                new[name][key] >= floor, "throughput"))
+    if not rows:
+        raise InputError(f"{names[0]}: no benchmark with a *_per_s value in extra_info is also in {names[1]}")
+    return rows
