@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key or value is not what the harness expects."""
 
 
@@ -30,6 +32,8 @@ class DataConfig:
     loss_on: str = "response"  # "response" (prompt tokens masked to -100) or "all" (the original's whole-text loss)
     add_eos: bool = True  # the original appended none, so its model never stopped
     max_rows: int | None = None  # cap for quick runs; None keeps every row
+    overflow: str = "drop"  # a row over max_length is dropped, or "cut" at a word boundary (counted either way)
+    max_words: int | None = None  # cut every response after this many words (stand-ins); None keeps them whole
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +82,23 @@ class GateConfig:
     in_list: float = 0.90
     between_every_word: float = 0.75
     terminated: float = 0.90
-    malformed: float = 0.01  # Wilson upper bound must stay under this
+    malformed: float = 0.01  # the rate must stay under this (a bound needs ~380 prompts to get under 0.01)
     template_leak: float = 0.01
     control_single_emoji: float = 0.05  # the base model must not do the behaviour
     mcnemar_alpha: float = 0.05  # a significant drop against a baseline report fails
     throughput_margin: float = 0.10  # tokens/s may drop this much against a baseline benchmark
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything one run of the pipeline is made of."""
+
+    train: TrainConfig
+    lora: LoraSettings
+    data: DataConfig
+    generation: GenerationConfig
+    artifacts: Path  # cache of stand-ins, adapters and merged models
+    retrain: bool = False
 
 
 def build(cls: type[T], table: Mapping[str, Any] | None = None, **overrides: Any) -> T:
@@ -125,7 +141,7 @@ def load_toml(path: str | Path, table: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    for part in table.split("."):
+    for part in filter(None, table.split(".")):  # "" is the whole document
         data = data.get(part, {})
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: [{table}] is not a table")
@@ -134,3 +150,32 @@ def load_toml(path: str | Path, table: str) -> dict[str, Any]:
 
 def as_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+# Per-base presets, applied under the user's own settings. The tiny stand-in has ~1M parameters and trains on
+# 2 CPU cores, so it takes a far larger step size than a 7B model, few steps, and short answers.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "train": {
+            "learning_rate": 5e-3,  # 2e-4 is tuned for 7B; a 128-wide model barely moves with it
+            "max_steps": 200,  # ~5 epochs of the bundled set: enough for the pattern on 2 CPU cores
+            "batch_size": 8,
+            "warmup_ratio": 0.05,
+        },
+        "data": {"max_words": 20},  # the stand-in memorises short answers in seconds, long ones in minutes
+    },
+}
+
+
+def preset(base_model: str, concern: str) -> dict[str, Any]:
+    return dict(PRESETS.get(base_model, {}).get(concern, {}))
+
+
+def train_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """TrainConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
+    return build(TrainConfig, {**preset(base_model, "train"), **(table or {})}, base_model=base_model, **overrides)
+
+
+def data_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> DataConfig:
+    """DataConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
+    return build(DataConfig, {**preset(base_model, "data"), **(table or {})}, **overrides)

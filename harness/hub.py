@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -24,6 +23,7 @@ from huggingface_hub.utils import validate_repo_id
 from harness.errors import InputError
 from harness.gate import HIGH_CHECKS, LOW_CHECKS, GateResult
 from harness.report import PLOTS, REPORT_JSON, REPORT_MD
+from harness.staging import check_empty_target, publish_dir
 from harness.transform import HEARTS
 
 # Files of a merged model folder worth releasing: safetensors weights (never pickles), configs, tokenizer.
@@ -76,11 +76,7 @@ def check_adapter_dir(path: Path, flag: str = "--adapter") -> Path:
 
 def check_staging_dir(path: Path) -> Path:
     """``--dry-run`` target: absent or an empty folder."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--dry-run {path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        raise InputError(f"--dry-run {path}: folder exists and is not empty")
-    return path
+    return check_empty_target(path, "--dry-run")
 
 
 def stage(out: Path, *, report: Mapping[str, Any], report_path: Path, gate: GateResult, repo_id: str,
@@ -90,13 +86,8 @@ def stage(out: Path, *, report: Mapping[str, Any], report_path: Path, gate: Gate
     ``link`` hard-links instead of copying where it can: for a throw-away staging folder, so a 13 GB model is
     not copied just to be uploaded.
     """
-    check_staging_dir(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    except OSError as err:
-        raise InputError(f"{out}: cannot create the staging folder ({err.strerror or err})") from None
-    try:
+
+    def build(tmp: Path) -> None:
         _copy(_matching(model_dir, MODEL_FILES), tmp, link)
         (tmp / "adapter").mkdir()
         _copy(_matching(adapter_dir, ADAPTER_FILES), tmp / "adapter", link)
@@ -105,16 +96,8 @@ def stage(out: Path, *, report: Mapping[str, Any], report_path: Path, gate: Gate
         _copy([p for p in extras if p.is_file()], tmp, link=False)
         plots = [name for name in PLOTS if (tmp / name).is_file()]
         model_card(report, gate=gate, repo_id=repo_id, plots=plots).save(tmp / "README.md")
-        if out.exists():
-            out.rmdir()  # empty, checked above; rename cannot replace it on every platform
-        os.replace(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"{out}: staging failed ({err.strerror or err})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return publish_dir(out, build, "--dry-run")
 
 
 def _matching(folder: Path, patterns: Iterable[str]) -> list[Path]:

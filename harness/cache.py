@@ -1,0 +1,129 @@
+"""Content-addressed, crash-safe artifact cache for expensive stages (stand-in base, adapter, merged model).
+
+An entry lives at ``root/kind/<key>`` where key hashes everything that determines the result. It is built in
+a temp dir beside it and renamed into place only when complete, with ``manifest.json`` written last; the manifest
+lists the sha256 of every file, so a truncated or tampered entry is detected and rebuilt. A killed build leaves
+only a temp dir, which is never read and is swept on the next build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+_TMP_PREFIX = ".tmp-"
+
+
+def cache_key(material: Mapping[str, Any]) -> str:
+    """A short stable hash of JSON-able key material."""
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Content hash of a folder (a local base model): names and bytes of every file."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_manifest(folder: Path, material: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
+    files = {
+        str(p.relative_to(folder)): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"key": material, "files": files, "created": time.time(), **(extra or {})}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str))
+
+
+def is_complete(folder: Path) -> bool:
+    """True when the manifest exists and every file it lists is present with the recorded hash."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(files) and all(
+        (folder / name).is_file() and file_sha256(folder / name) == digest for name, digest in files.items()
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Serialise builders of one entry across processes (parallel pytest workers, two CLI runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cached(
+    root: Path,
+    kind: str,
+    material: Mapping[str, Any],
+    build: Callable[[Path], None],
+    *,
+    rebuild: bool = False,
+) -> tuple[Path, bool]:
+    """Return ``(entry folder, built_now)``, calling ``build(tmp_dir)`` only when no complete entry exists."""
+    key = cache_key(material)
+    final = Path(root) / kind / key
+    with _lock(final.parent / f".{key}.lock"):
+        if not rebuild and is_complete(final):
+            return final, False
+        _sweep_temps(final.parent, key)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_TMP_PREFIX}{key}-"))
+        try:
+            build(tmp)
+            write_manifest(tmp, material)
+            if final.exists():
+                shutil.rmtree(final)  # stale, corrupt or --retrain: replaced only now that the new one is whole
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final, True
+
+
+def _sweep_temps(folder: Path, key: str) -> None:
+    for leftover in folder.glob(f"{_TMP_PREFIX}{key}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Stage 4a: base models — resolve a name to weights, load them in NF4 (QLoRA) or in the compute dtype, wrap LoRA.
+
+A base model is named by a Hub id, a local path, or one of the stand-ins built here (``tiny``); the same
+``from_pretrained`` code path serves all of them. ``trust_remote_code`` is never turned on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from harness import cache
+from harness.config import LoraSettings, TrainConfig
+from harness.errors import InputError
+
+log = logging.getLogger(__name__)
+
+STANDINS = ("tiny", "llama2-7b-shape")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(setting: str = "auto") -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on a T4 (or when forced), fp32 on CPU."""
+    if setting != "auto":
+        if setting not in DTYPES:
+            raise InputError(f"compute_dtype {setting!r}: expected one of auto, {', '.join(DTYPES)}")
+        if setting != "fp32" and not torch.cuda.is_available():
+            raise InputError(f"compute_dtype {setting!r} needs CUDA; on CPU only fp32 is supported")
+        if setting == "bf16" and not torch.cuda.is_bf16_supported():
+            raise InputError("compute_dtype 'bf16': this GPU has no bf16 (a T4 does not); use fp16")
+        return DTYPES[setting]
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def resolve_base(name: str, artifacts: Path) -> Path | str:
+    """A stand-in name → its cached folder (built on first use); a path → checked path; else a Hub id."""
+    if name in STANDINS:
+        from harness.standin import shape_7b_base, tiny_base
+
+        return tiny_base(artifacts) if name == "tiny" else shape_7b_base(artifacts)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"base model {name!r}: folder has no config.json")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise InputError(f"base model {name!r}: no such folder")
+    return name  # a Hub id; from_pretrained resolves it (offline runs use the local HF cache)
+
+
+def base_fingerprint(name: str, resolved: Path | str, revision: str | None) -> dict[str, Any]:
+    """What identifies the base weights in a cache key: content hash for a folder, id + revision otherwise."""
+    if isinstance(resolved, Path):
+        return {"base": name, "content": cache.dir_fingerprint(resolved)}
+    return {"base": name, "revision": revision or "main"}
+
+
+def load_tokenizer(resolved: Path | str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The base's tokenizer with a pad token that is not EOS (else EOS is masked and the model never stops)."""
+    tok = AutoTokenizer.from_pretrained(str(resolved), revision=revision, trust_remote_code=False)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        if tok.unk_token_id is None or tok.unk_token_id == tok.eos_token_id:
+            raise InputError(f"tokenizer of {resolved}: no pad token distinct from EOS (and no unk to use)")
+        tok.pad_token = tok.unk_token  # Llama-2's customary choice: no new embedding row needed
+    return tok
+
+
+def bnb_config(cfg: TrainConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
+    if cfg.quant_type not in ("nf4", "fp4"):
+        raise InputError(f"quant_type {cfg.quant_type!r}: expected nf4 or fp4")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_base(resolved: Path | str, dtype: torch.dtype, revision: str | None = None):
+    """The base model unquantised in ``dtype`` on the available device (merge, negative control)."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(resolved), dtype=dtype, revision=revision,
+                                                     trust_remote_code=False)
+    except OSError as err:
+        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
+    return model.to(device())
+
+
+def load_quantized(resolved: Path | str, cfg: TrainConfig, dtype: torch.dtype):
+    """The base in 4-bit with the training config's quantisation settings."""
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "revision": cfg.revision,
+        "trust_remote_code": False,
+        "quantization_config": bnb_config(cfg, dtype),
+        "device_map": {"": device()},
+    }
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(resolved), **kwargs)
+    except OSError as err:
+        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    target = settings.target_modules
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=target if isinstance(target, str) else list(target),
+        bias=settings.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def wrap_qlora(model, settings: LoraSettings, gradient_checkpointing: bool):
+    """k-bit preparation (norms to fp32, input grads) + non-reentrant checkpointing + LoRA adapters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    model.config.use_cache = False  # the cache is useless in training and fights checkpointing
+    return get_peft_model(model, lora_config(settings))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def quiet_libraries() -> None:
+    """Silence the chatter that would drown a one-line error (bitsandbytes' optional-kernel notice)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -1,0 +1,206 @@
+"""Stage 4b: QLoRA training with transformers' Trainer — NF4 base, LoRA adapters, metrics next to the adapter.
+
+Every run writes, into one folder: the adapter (safetensors, loadable with stock ``PeftModel.from_pretrained``),
+``run_config.json`` (everything that determined it) and ``metrics.json`` (loss per step, tokens/s, samples/s,
+peak memory, wall time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+from harness import cache
+from harness import model as models
+from harness.config import DataConfig, LoraSettings, TrainConfig
+from harness.errors import InputError
+
+RUN_CONFIG = "run_config.json"
+METRICS = "metrics.json"
+
+
+class TrainingModeGuard(TrainerCallback):
+    """Fail loudly if a step runs in eval mode: checkpointing then silently does nothing (22 vs 7 GiB on 7B)."""
+
+    def __init__(self, expect_checkpointing: bool) -> None:
+        self.expect_checkpointing = expect_checkpointing
+        self.checked_steps = 0
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or not model.training:
+            raise RuntimeError("QLoRA step started with the model in eval mode")
+        if self.expect_checkpointing and not model.base_model.model.is_gradient_checkpointing:
+            raise RuntimeError("gradient checkpointing was requested but is off")
+        self.checked_steps += 1
+
+
+def optimizer_name(cfg: TrainConfig) -> str:
+    if cfg.optimizer != "auto":
+        if cfg.optimizer.startswith("paged_") and not torch.cuda.is_available():
+            raise InputError(f"optimizer {cfg.optimizer!r} needs CUDA (paged optimizers live in GPU memory)")
+        return cfg.optimizer
+    return "paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch"
+
+
+def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> TrainingArguments:
+    on_cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
+        max_grad_norm=cfg.max_grad_norm,
+        optim=optimizer_name(cfg),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        fp16=on_cuda and dtype == torch.float16,  # fp16 AMP on a T4; bf16 autocast where supported
+        bf16=on_cuda and dtype == torch.bfloat16,
+        use_cpu=not on_cuda,
+        gradient_checkpointing=False,  # already enabled (non-reentrant) by prepare_model_for_kbit_training
+        logging_steps=1,
+        logging_strategy="steps",
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings):
+    """A ``Trainer`` over the 4-bit base wrapped with LoRA, plus its train-mode guard and compute dtype."""
+    models.quiet_libraries()
+    torch.manual_seed(cfg.seed)
+    dtype = models.compute_dtype(cfg.compute_dtype)
+    args = training_arguments(cfg, out_dir, dtype)  # before loading: bad options fail fast
+    model = models.wrap_qlora(models.load_quantized(base, cfg, dtype), lora, cfg.gradient_checkpointing)
+    guard = TrainingModeGuard(cfg.gradient_checkpointing)
+    columns = [c for c in ("input_ids", "attention_mask", "labels", "length") if c in train_ds.column_names]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds.select_columns(columns),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        callbacks=[guard],
+    )
+    return trainer, guard, dtype
+
+
+def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings,
+                  run_config: dict[str, Any]) -> dict[str, Any]:
+    """Train a QLoRA adapter on a tokenised dataset and save adapter, config and metrics into ``out_dir``."""
+    trainer, guard, dtype = make_trainer(out_dir, base, tokenizer, train_ds, cfg, lora)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    output = trainer.train()
+    wall = time.perf_counter() - start
+    metrics = _metrics(trainer, output, wall, guard, dtype)
+    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    cache.atomic_write_text(out_dir / RUN_CONFIG, json.dumps(run_config, indent=2, default=str))
+    cache.atomic_write_text(out_dir / METRICS, json.dumps(metrics, indent=2))
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)  # Trainer's scratch dir; nothing is saved there
+    return metrics
+
+
+def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dtype: torch.dtype) -> dict:
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    tokens = int(trainer.state.num_input_tokens_seen)
+    samples = trainer.state.global_step * trainer.args.per_device_train_batch_size * \
+        trainer.args.gradient_accumulation_steps
+    return {
+        "steps": trainer.state.global_step,
+        "loss": [{"step": s, "loss": loss} for s, loss in losses],
+        "train_loss": output.training_loss,
+        "wall_s": wall,
+        "samples_per_s": samples / wall,
+        "tokens_per_s": tokens / wall,
+        "tokens_seen": tokens,
+        "checked_train_mode_steps": guard.checked_steps,
+        "compute_dtype": models.dtype_name(dtype),
+        "device": str(models.device()),
+        **peak_memory(),
+    }
+
+
+def peak_memory() -> dict[str, float]:
+    if torch.cuda.is_available():
+        return {
+            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        }
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: dict[str, Any],
+               dataset_fingerprint: str) -> dict[str, Any]:
+    """Everything that determines an adapter: the cache key material, saved next to it."""
+    import bitsandbytes
+    import peft
+    import transformers
+
+    from harness import __version__
+
+    return {
+        "base": base_id,
+        "dataset": dataset_fingerprint,
+        "train": dataclasses.asdict(cfg),
+        "lora": dataclasses.asdict(lora),
+        "data": dataclasses.asdict(data),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "versions": {
+            "torch": torch.__version__.split("+")[0],
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__,
+            "harness": __version__,
+        },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedAdapter:
+    path: Path
+    base: Path | str  # resolved base: a local folder or a Hub id
+    built_now: bool  # False when the cache served it
+
+
+def dataset_fingerprint(ds) -> str:
+    """Content hash of the tokenised training set (stable across clones, unlike file mtimes)."""
+    return cache.cache_key({"input_ids": ds["input_ids"], "labels": ds["labels"]})
+
+
+def adapter_for(artifacts: Path, cfg: TrainConfig, lora: LoraSettings, data_cfg: DataConfig, *,
+                retrain: bool = False) -> TrainedAdapter:
+    """The adapter for these settings: from the cache when a complete entry exists, else trained now."""
+    from harness import data
+
+    models.quiet_libraries()
+    base = models.resolve_base(cfg.base_model, artifacts)
+    tokenizer = models.load_tokenizer(base, cfg.revision)
+    prepared = data.prepare(data_cfg, tokenizer)
+    material = run_config(cfg, lora, data_cfg, models.base_fingerprint(cfg.base_model, base, cfg.revision),
+                          dataset_fingerprint(prepared.train))
+
+    def build(tmp: Path) -> None:
+        train_adapter(tmp, base, tokenizer, prepared.train, cfg, lora, material)
+        cache.atomic_write_text(tmp / "data_stats.json", json.dumps(prepared.stats, indent=2, default=str))
+
+    path, built = cache.cached(artifacts, "adapter", material, build, rebuild=retrain)
+    return TrainedAdapter(path=path, base=base, built_now=built)

@@ -1,0 +1,95 @@
+"""QLoRA mechanics on the tiny stand-in: 4-bit layers, what trains, what stays frozen, determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import train
+
+
+@pytest.fixture
+def mini_trainer(tiny_base_dir, mini_configs, mini_prepared, tmp_path):
+    cfg, lora, _ = mini_configs
+    tokenizer, prepared = mini_prepared
+    return train.make_trainer(tmp_path, tiny_base_dir, tokenizer, prepared.train, cfg, lora)
+
+
+def test_quantised_layers_are_really_4bit_on_this_device(mini_trainer):
+    import bitsandbytes as bnb
+
+    trainer, _, _ = mini_trainer
+    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    # 4 decoder layers x (q, k, v, o, gate, up, down); lm_head stays full precision as in QLoRA.
+    assert len(layers) == 4 * 7
+    for layer in layers:
+        assert layer.weight.dtype == torch.uint8
+        assert layer.weight.quant_state.quant_type == "nf4"
+
+
+def test_only_lora_parameters_train_and_every_one_changes(mini_trainer):
+    trainer, guard, _ = mini_trainer
+    params = dict(trainer.model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in params.items() if p.dtype.is_floating_point}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    for name, old in before.items():
+        changed = not torch.equal(old, after[name].detach())
+        # lora_A moves only once lora_B is non-zero; two steps are enough for both.
+        assert changed == (name in trainable), name
+    assert guard.checked_steps == 2
+
+
+def test_training_steps_run_in_train_mode_with_checkpointing_on(mini_trainer):
+    trainer, guard, _ = mini_trainer
+    trainer.train()
+    assert guard.checked_steps == trainer.state.global_step == 2
+    assert trainer.model.base_model.model.is_gradient_checkpointing
+
+
+def test_a_step_in_eval_mode_is_refused():
+    guard = train.TrainingModeGuard(expect_checkpointing=True)
+    model = torch.nn.Linear(2, 2).eval()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        guard.on_step_begin(None, None, None, model=model)
+
+
+def test_same_config_twice_gives_identical_adapter_weights(tiny_base_dir, mini_configs, mini_prepared, tmp_path):
+    cfg, lora, _ = mini_configs
+    tokenizer, prepared = mini_prepared
+    runs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        train.train_adapter(out, tiny_base_dir, tokenizer, prepared.train, cfg, lora, {"run": name})
+        runs.append(load_file(out / "adapter_model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_the_trained_adapter_has_metrics_and_a_finite_falling_loss(trained_adapter):
+    metrics = json.loads((trained_adapter.path / train.METRICS).read_text())
+    losses = [row["loss"] for row in metrics["loss"]]
+    assert losses and all(math.isfinite(x) for x in losses)
+    window = max(len(losses) // 5, 1)
+    assert sum(losses[-window:]) / window < 0.7 * sum(losses[:window]) / window
+    assert metrics["checked_train_mode_steps"] == metrics["steps"]
+    for key in ("tokens_per_s", "samples_per_s", "wall_s"):
+        assert metrics[key] > 0
+    assert (trained_adapter.path / train.RUN_CONFIG).is_file()
+
+
+def test_the_saved_adapter_loads_with_stock_peft(trained_adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(trained_adapter.base)
+    model = PeftModel.from_pretrained(base, trained_adapter.path)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained, not the zero init
