@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# What a GPU CI job runs: environment check, the `gpu` test battery, the benchmarks, and a comparison of the
+# benchmarks against the previous run kept in the output folder.
+#
+#   scripts/gpu-ci.sh [extra pytest args for the gpu battery, e.g. --base-model meta-llama/Llama-2-7b-hf]
+#
+# Environment:
+#   OUT_DIR          where results go (default: ./gpu-ci-out); keep it between runs to compare benchmarks
+#   PYTHON           the interpreter with the harness installed (default: python)
+#   BENCH_MARGIN     relative change that counts as a regression (default: hearts bench's, 0.1)
+#   GPU_CI_ALLOW_CPU=1  run anyway without CUDA (to try the script; the gpu tests then skip)
+#
+# Writes into OUT_DIR: environment.txt, junit-gpu.xml, junit-bench.xml, bench-YYYYmmdd-HHMMSS.json (UTC) and,
+# when an earlier bench JSON is there, bench-compare.md + bench-compare.png.
+# Exit: 0 all passed; 1 a test failed, a benchmark regressed or the comparison could not be made (every step
+# still runs); 2 the environment cannot run the job (no CUDA, no bitsandbytes) and nothing else ran.
+set -euo pipefail
+
+OUT_DIR="${OUT_DIR:-./gpu-ci-out}"
+PYTHON="${PYTHON:-python}"
+BENCH_MARGIN="${BENCH_MARGIN:-}"
+BENCH_FILES=(test_training/test_benchmarks.py test_data/test_benchmarks.py test_model/test_checker_benchmark.py)
+
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"  # absolute, so a relative OUT_DIR means the caller's folder after the cd below
+cd "$(dirname "$0")/.." || exit 2  # the repository root: pytest's rootdir; the test paths are relative to it
+status=0
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+log "environment"
+env_check=0
+"$PYTHON" - "${GPU_CI_ALLOW_CPU:-0}" <<'PY' | tee "$OUT_DIR/environment.txt" || env_check=$?
+import platform
+import sys
+
+allow_cpu = sys.argv[1] == "1"
+print(f"python       {platform.python_version()} ({sys.executable})")
+try:
+    import torch
+except ImportError as err:
+    print(f"gpu-ci: cannot import torch ({err})", file=sys.stderr)
+    sys.exit(2)
+print(f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
+cuda = torch.cuda.is_available()
+if cuda:
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        print(f"gpu {i}        {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+              f"compute capability {props.major}.{props.minor}, bf16: {torch.cuda.is_bf16_supported()}")
+else:
+    print("gpu          none visible to torch")
+try:
+    import bitsandbytes
+    bnb = bitsandbytes.__version__
+except ImportError:
+    bnb = None
+print(f"bitsandbytes {bnb or 'not installed'}")
+if not cuda and not allow_cpu:
+    print("gpu-ci: no CUDA device visible to torch: this job needs a GPU runner with a CUDA build of torch "
+          "(set GPU_CI_ALLOW_CPU=1 to try the script without one)", file=sys.stderr)
+    sys.exit(2)
+if bnb is None:
+    print("gpu-ci: bitsandbytes is not installed: the 4-bit tests and benchmarks need it", file=sys.stderr)
+    sys.exit(2)
+PY
+if [ "$env_check" -ne 0 ]; then
+    exit 2
+fi
+
+# Collect earlier runs before this one writes its own; the timestamped names sort in time order.
+shopt -s nullglob
+previous=("$OUT_DIR"/bench-*.json)
+shopt -u nullglob
+bench_json="$OUT_DIR/bench-$(date -u +%Y%m%d-%H%M%S).json"
+
+log "gpu tests: pytest -m gpu $*"
+# -m on the command line replaces the 'not gpu and not slow' of pyproject's addopts.
+"$PYTHON" -m pytest -m gpu --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
+
+log "benchmarks -> $bench_json"
+"$PYTHON" -m pytest "${BENCH_FILES[@]}" --benchmark-only --benchmark-json "$bench_json" \
+    --junitxml "$OUT_DIR/junit-bench.xml" || status=1
+
+if [ "${#previous[@]}" -eq 0 ]; then
+    log "no earlier bench JSON in $OUT_DIR: nothing to compare against (this run is the next run's baseline)"
+elif [ ! -f "$bench_json" ]; then
+    log "the benchmarks wrote no JSON: nothing to compare"
+    status=1
+else
+    old="${previous[${#previous[@]}-1]}"
+    log "compare: $bench_json against $old"
+    margin_args=()
+    if [ -n "$BENCH_MARGIN" ]; then
+        margin_args=(--margin "$BENCH_MARGIN")
+    fi
+    "$PYTHON" -m harness.cli bench --new "$bench_json" --old "$old" --out "$OUT_DIR/bench-compare.md" \
+        ${margin_args[@]+"${margin_args[@]}"} || status=1
+fi
+
+log "results in $OUT_DIR (exit $status)"
+exit "$status"
