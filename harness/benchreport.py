@@ -16,13 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write_text
+from harness.cache import atomic_save_figure, atomic_write_text
 from harness.errors import InputError
 
 TIME, RATE, MEMORY = "time", "rate", "memory"
@@ -255,7 +253,7 @@ def draw_plot(comparison: Comparison, path: Path) -> None:
     axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, (kind, title, rows) in zip(axes, panels, strict=True):
         _plot_panel(ax, kind, title, rows, comparison.margin)
-    _save_png(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def _plot_panel(ax: Any, kind: str, title: str, rows: Sequence[Row], margin: float) -> None:
@@ -269,17 +267,6 @@ def _plot_panel(ax: Any, kind: str, title: str, rows: Sequence[Row], margin: flo
     if kind != MEMORY:
         ax.axvline(1.0 - margin if kind == RATE else 1.0 + margin, color="tab:red", linestyle="--", linewidth=0.8)
     ax.set_title(title, fontsize=10)
-
-
-def _save_png(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(new: str | Path, old: str | Path, out: str | Path, margin: float) -> Comparison:

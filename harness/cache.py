@@ -127,3 +127,15 @@ def cached(
 def _sweep_temps(folder: Path, key: str) -> None:
     for leftover in folder.glob(f"{_TMP_PREFIX}{key}-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def atomic_save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG via a temp file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

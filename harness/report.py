@@ -16,14 +16,13 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.behavior import Verdict, check_response
-from harness.cache import atomic_write_text
+from harness.cache import atomic_save_figure, atomic_write_text
 from harness.errors import InputError
 from harness.generate import Generation
 from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
@@ -195,20 +194,9 @@ def _draw_plots(report: Mapping[str, Any], out: Path) -> list[str]:
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
         draw(fig.subplots(), data)
-        _save_figure(fig, out / name)
+        atomic_save_figure(fig, out / name)
         drawn.append(name)
     return drawn
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plot_compliance(ax: Any, report: Mapping[str, Any]) -> None:
