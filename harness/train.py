@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from harness import cache
 from harness import model as models
@@ -98,6 +99,7 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
         processing_class=tokenizer,
         callbacks=[guard],
     )
+    trainer.remove_callback(PrinterCallback)  # loss is logged every step for metrics.json, not for the terminal
     return trainer, guard, dtype
 
 

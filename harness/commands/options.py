@@ -37,7 +37,7 @@ def settings(args: argparse.Namespace) -> RunSettings:
     tables = _tables(args.config)
     base = args.base_model or tables["train"].get("base_model") or "tiny"
     return RunSettings(
-        train=train_config(base, tables["train"], base_model=base, max_steps=args.max_steps),
+        train=train_config(base, tables["train"], max_steps=args.max_steps),
         lora=build(LoraSettings, tables["lora"]),
         data=data_config(base, tables["data"], source=args.dataset),
         generation=build(GenerationConfig, tables["generation"]),
