@@ -100,7 +100,7 @@ def cached(
     root: Path,
     kind: str,
     material: Mapping[str, Any],
-    build: Callable[[Path], None],
+    build: Callable[[Path], object],
     *,
     rebuild: bool = False,
 ) -> tuple[Path, bool]:

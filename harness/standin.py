@@ -100,7 +100,7 @@ def tiny_config(cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast) -> Llama
     )
 
 
-def llama2_7b_config(tokenizer: PreTrainedTokenizerFast | None = None) -> LlamaConfig:
+def llama2_7b_config() -> LlamaConfig:
     """Llama-2-7B's published shape: 32 layers, 4096 hidden, 11008 MLP, 32 heads, 32000 vocab."""
     return LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
