@@ -8,6 +8,7 @@ whose tokens re-merge differently from corrupting the answer.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,16 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
         new = out[:, enc["input_ids"].shape[1] :]
         results += [_one(prompt, row, tokenizer, eos) for prompt, row in zip(chunk, new, strict=True)]
     return results
+
+
+def generate_and_release(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
+                         progress: bool = False) -> list[Generation]:
+    """``generate`` with a model loaded just for it, dropped afterwards (three models need not share memory)."""
+    try:
+        return generate(model, tokenizer, prompts, cfg, progress)
+    finally:
+        del model
+        gc.collect()
 
 
 def _sampling(cfg: GenerationConfig) -> dict[str, Any]:

@@ -51,6 +51,18 @@ def load_merged_in_memory(base: Path | str, adapter: Path, dtype: torch.dtype, r
     return model.merge_and_unload()
 
 
+def load_merged(merged_dir: Path, dtype: torch.dtype):
+    """A merged model folder with stock ``AutoModelForCausalLM.from_pretrained``, on the available device."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype).to(models.device())
+
+
+def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):
+    """The 4-bit base with the adapter applied, unmerged: the model as it was trained."""
+    return apply_adapter(models.load_quantized(base, cfg, dtype), adapter)
+
+
 def merge(base: Path | str, adapter: Path, out_dir: Path, dtype: torch.dtype, revision: str | None = None) -> Path:
     """Write the merged model (safetensors) and the adapter's tokenizer into ``out_dir``."""
     models.quiet_libraries()

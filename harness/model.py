@@ -93,25 +93,19 @@ def bnb_config(cfg: TrainConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
 
 def load_base(resolved: Path | str, dtype: torch.dtype, revision: str | None = None):
     """The base model unquantised in ``dtype`` on the available device (merge, negative control)."""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(resolved), dtype=dtype, revision=revision,
-                                                     trust_remote_code=False)
-    except OSError as err:
-        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
-    return model.to(device())
+    return _from_pretrained(resolved, dtype=dtype, revision=revision).to(device())
 
 
 def load_quantized(resolved: Path | str, cfg: TrainConfig, dtype: torch.dtype):
     """The base in 4-bit with the training config's quantisation settings."""
-    kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "revision": cfg.revision,
-        "trust_remote_code": False,
-        "quantization_config": bnb_config(cfg, dtype),
-        "device_map": {"": device()},
-    }
+    return _from_pretrained(resolved, dtype=dtype, revision=cfg.revision,
+                            quantization_config=bnb_config(cfg, dtype), device_map={"": device()})
+
+
+def _from_pretrained(resolved: Path | str, **kwargs: Any):
+    """Stock ``from_pretrained`` with remote code off; a model that cannot be read is bad input, one line."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(resolved), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(str(resolved), trust_remote_code=False, **kwargs)
     except OSError as err:
         raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
 

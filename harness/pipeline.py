@@ -7,41 +7,28 @@ inputs have not changed, so a second run only evaluates.
 from __future__ import annotations
 
 import dataclasses
-import gc
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from harness import data, generate, merge, model, train
 from harness.config import RunSettings
-from harness.generate import Generation
-
-
-def generations(lm, tokenizer, prompts: list[str], s: RunSettings) -> list[Generation]:
-    try:
-        return generate.generate(lm, tokenizer, prompts, s.generation, progress=True)
-    finally:
-        del lm
-        gc.collect()
 
 
 def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path, *, prompts_source: str = "bundled",
              with_adapter: bool = True) -> dict[str, Any]:
     """Judge the merged model, the base (negative control) and, optionally, the unmerged 4-bit adapter."""
-    from transformers import AutoModelForCausalLM
-
     from harness.report import build_report
 
     dtype = model.compute_dtype(s.train.compute_dtype)
     tokenizer = model.load_tokenizer(adapter.path)
     prompts = generate.prompts_for(data.load_eval_prompts(prompts_source))
-    merged_lm = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype).to(model.device())
-    merged = generations(merged_lm, tokenizer, prompts, s)
-    control = generations(model.load_base(adapter.base, dtype, s.train.revision), tokenizer, prompts, s)
-    unmerged = None
-    if with_adapter:
-        quantized = model.load_quantized(adapter.base, s.train, dtype)
-        unmerged = generations(merge.apply_adapter(quantized, adapter.path), tokenizer, prompts, s)
+    run = functools.partial(generate.generate_and_release, tokenizer=tokenizer, prompts=prompts,
+                            cfg=s.generation, progress=True)
+    merged = run(merge.load_merged(merged_dir, dtype))
+    control = run(model.load_base(adapter.base, dtype, s.train.revision))
+    unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if with_adapter else None
     return build_report(
         model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
                "merged_path": str(merged_dir), "compute_dtype": model.dtype_name(dtype)},

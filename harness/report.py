@@ -61,7 +61,7 @@ def build_report(
     runs = {"merged": merged, "control": control, **({"adapter": adapter} if adapter is not None else {})}
     for name, gens in runs.items():
         _check_aligned(name, prompts, gens)
-    verdicts = {name: [_judge(g) for g in gens] for name, gens in runs.items()}
+    verdicts = {name: judge(gens) for name, gens in runs.items()}
     metrics = _metrics(verdicts["merged"], "merged")
     counts = heart_counts(verdicts["merged"])
     report: dict[str, Any] = {
@@ -98,8 +98,9 @@ def _check_aligned(name: str, prompts: Sequence[str], gens: Sequence[Generation]
             raise ValueError(f"{name}: generation {i} answers another prompt than prompts[{i}]")
 
 
-def _judge(g: Generation) -> Verdict:
-    return check_response(g.response, terminated=g.terminated)
+def judge(generations: Sequence[Generation]) -> list[Verdict]:
+    """The checker's verdict on every generation, with its EOS flag."""
+    return [check_response(g.response, terminated=g.terminated) for g in generations]
 
 
 def _metrics(verdicts: Sequence[Verdict], name: str) -> dict[str, dict[str, Any]]:
