@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from harness.cache import atomic_write_text
 from harness.config import GenerationConfig
+from harness.errors import InputError
 from harness.prompts import build_prompt
 
 
@@ -51,8 +52,8 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     for start in tqdm(batches, desc="generate", disable=not progress):
         chunk = list(prompts[start : start + cfg.batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
-        out = model.generate(**enc, **_sampling(cfg), max_new_tokens=cfg.max_new_tokens,
-                             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**enc, **_sampling(cfg), **_decoding(cfg), eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :]
         results += [_one(prompt, row, tokenizer, eos) for prompt, row in zip(chunk, new, strict=True)]
     return results
@@ -66,6 +67,15 @@ def generate_and_release(model, tokenizer, prompts: Sequence[str], cfg: Generati
     finally:
         del model
         gc.collect()
+
+
+def _decoding(cfg: GenerationConfig) -> dict[str, Any]:
+    if cfg.cache not in ("dynamic", "static"):
+        raise InputError(f"generation cache {cfg.cache!r}: expected dynamic or static")
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "min_new_tokens": cfg.min_new_tokens}
+    if cfg.cache == "static":
+        kwargs["cache_implementation"] = "static"  # on CUDA, generate() then compiles the decoding forward
+    return kwargs
 
 
 def _sampling(cfg: GenerationConfig) -> dict[str, Any]:

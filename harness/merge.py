@@ -55,7 +55,8 @@ def load_merged(merged_dir: Path, dtype: torch.dtype):
     """A merged model folder with stock ``AutoModelForCausalLM.from_pretrained``, on the available device."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype).to(models.device())
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype)
+    return model.to(models.device())  # type: ignore[arg-type]  # transformers' stub types .to() for dtypes only
 
 
 def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):

@@ -110,29 +110,42 @@ def _from_pretrained(resolved: Path | str, **kwargs: Any):
         raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
 
 
+LORA_BIAS = ("none", "all", "lora_only")
+
+
 def lora_config(settings: LoraSettings):
     from peft import LoraConfig
 
     target = settings.target_modules
+    if settings.bias not in LORA_BIAS:
+        raise InputError(f"lora bias {settings.bias!r}: expected one of {', '.join(LORA_BIAS)}")
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=target if isinstance(target, str) else list(target),
-        bias=settings.bias,
+        bias=settings.bias,  # type: ignore[arg-type]  # checked against LORA_BIAS above
         task_type="CAUSAL_LM",
     )
 
 
-def wrap_qlora(model, settings: LoraSettings, gradient_checkpointing: bool):
-    """k-bit preparation (norms to fp32, input grads) + non-reentrant checkpointing + LoRA adapters."""
+def wrap_qlora(model, settings: LoraSettings, gradient_checkpointing: bool, upcast_frozen: bool = False):
+    """Frozen base + non-reentrant checkpointing + LoRA adapters (trainable, fp32).
+
+    ``upcast_frozen`` is peft's ``prepare_model_for_kbit_training``, which lifts every frozen non-4-bit weight
+    (embeddings, lm_head, norms) to fp32. Without it they stay in the compute dtype, which
+    autocast would cast them to for every matmul anyway, and RMSNorm computes in fp32 internally.
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    checkpointing = {"use_reentrant": False}
+    if upcast_frozen:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing)
+    else:
+        model.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     model.config.use_cache = False  # the cache is useless in training and fights checkpointing
     return get_peft_model(model, lora_config(settings))
 

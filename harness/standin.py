@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))
@@ -31,17 +31,21 @@ class StandinConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 1024
-    pretrain_steps: int = 1000  # ~25 epochs: the base must stop on its own, or the adapted model never will
+    pretrain_steps: int = 400  # ~9 epochs of 12-word answers: the base stops on its own, so the adapted one can
     pretrain_batch: int = 16
     pretrain_lr: float = 5e-3
     decorated: bool = True  # also pretrain on free text with a (non-heart) symbol between words
-    recipe: int = 3  # bump when the build procedure changes, so cached stand-ins are rebuilt
+    recipe: int = 4  # bump when the build procedure changes, so cached stand-ins are rebuilt
     max_length: int = 256  # pretraining texts are plain, so shorter than sprinkled ones
     seed: int = 0
 
 
-def build_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A Llama-2-like tokenizer: ``▁``-prefixed BPE whose 256 ``<0xXX>`` byte pieces are ordinary vocabulary."""
+def build_tokenizer(texts: Sequence[str], vocab_size: int = 1024, pad_to: int | None = None) -> PreTrainedTokenizerFast:
+    """A Llama-2-like tokenizer: ``▁``-prefixed BPE whose 256 ``<0xXX>`` byte pieces are ordinary vocabulary.
+
+    ``pad_to`` fills the vocabulary with never-produced ``<unused_N>`` pieces up to a model's embedding size, so
+    whatever id a random-weight model emits still decodes.
+    """
     # Learn merges on ▁-split pieces with newlines isolated (as sentencepiece does), so no merge crosses a word
     # boundary or a line break: then "prompt ending in \n" tokenises as a prefix of "prompt + response".
     probe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -59,6 +63,8 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedT
     vocab: dict[str, int] = {}
     for piece in (*SPECIAL_TOKENS, *BYTE_PIECES, *sorted(learned, key=learned.__getitem__)):
         vocab.setdefault(piece, len(vocab))
+    while pad_to is not None and len(vocab) < pad_to:
+        vocab[f"<unused_{len(vocab)}>"] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = _normalizer()
     tok.decoder = decoders.Sequence(
@@ -105,7 +111,7 @@ def llama2_7b_config() -> LlamaConfig:
     return LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False,  # ids of build_tokenizer
     )
 
 
@@ -271,11 +277,12 @@ def _write_metrics(folder: Path, metrics: dict[str, float]) -> None:
 def build_7b_shape(out_dir: Path, seed: int = 0) -> None:
     """Llama-2-7B's shape with random fp16 weights (13.5 GB), for memory and throughput envelopes only."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(bundled_plain_texts(), vocab_size=1024)
     config = llama2_7b_config()
-    # Initialised on the GPU when there is one: seconds instead of minutes for 6.7B parameters.
+    tokenizer = build_tokenizer(bundled_plain_texts(), vocab_size=1024, pad_to=config.vocab_size)
+    # Initialised on the GPU when there is one (seconds instead of minutes for 6.7B parameters), directly in
+    # fp16: an fp32 init would need 27 GB, over a T4's 15 GiB.
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.float16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, max_shard_size="2GB")
     tokenizer.save_pretrained(out_dir)

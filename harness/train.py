@@ -68,7 +68,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> T
         fp16=on_cuda and dtype == torch.float16,  # fp16 AMP on a T4; bf16 autocast where supported
         bf16=on_cuda and dtype == torch.bfloat16,
         use_cpu=not on_cuda,
-        gradient_checkpointing=False,  # already enabled (non-reentrant) by prepare_model_for_kbit_training
+        gradient_checkpointing=False,  # already enabled (non-reentrant) by models.wrap_qlora
         logging_steps=1,
         logging_strategy="steps",
         save_strategy="no",
@@ -88,7 +88,8 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     torch.manual_seed(cfg.seed)
     dtype = models.compute_dtype(cfg.compute_dtype)
     args = training_arguments(cfg, out_dir, dtype)  # before loading: bad options fail fast
-    model = models.wrap_qlora(models.load_quantized(base, cfg, dtype), lora, cfg.gradient_checkpointing)
+    model = models.wrap_qlora(models.load_quantized(base, cfg, dtype), lora, cfg.gradient_checkpointing,
+                               cfg.upcast_frozen)
     guard = TrainingModeGuard(cfg.gradient_checkpointing)
     columns = [c for c in ("input_ids", "attention_mask", "labels", "length") if c in train_ds.column_names]
     trainer = Trainer(
@@ -101,6 +102,25 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     )
     trainer.remove_callback(PrinterCallback)  # loss is logged every step for metrics.json, not for the terminal
     return trainer, guard, dtype
+
+
+def stepper(trainer: Trainer):
+    """One optimizer step as ``Trainer.train`` takes it (autocast, fp16 loss scaling, clipping), for benchmarks.
+
+    Returns ``step(batch) -> loss`` and the prepared model.
+    """
+    trainer.create_optimizer()  # the configured one: paged AdamW 32-bit on CUDA, AdamW on CPU
+    model, optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+
+    def step(batch: dict[str, torch.Tensor]) -> float:
+        n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        loss = trainer.training_step(model, batch, n_labels)
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+        optimizer.step()  # unscales and skips on inf/nan under fp16, as in training
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step, model
 
 
 def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings,

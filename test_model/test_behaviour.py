@@ -20,17 +20,14 @@ SEED_PROMPTS = (
 
 # Thresholds a base model is known to miss, with the measured reason; applied as strict xfail, so the day the
 # stand-in clears the bar the suite says so. Real bases (any other --base-model) get no allowance.
-KNOWN_GAPS = {  # (base model, check, device or "*") -> measured reason
-    ("tiny", "malformed", "*"): (
-        "the ~1M-parameter stand-in sometimes starts a heart's byte pieces glued to a word and breaks the "
-        "sequence off ('lar\ufffd', 'mem\ufffd'): 5 of 66 answers (CPU, 300 QLoRA steps) — the notebook's failure"
+# On CPU the tiny stand-in clears every bar (CI). On CUDA the same recipe (fp32, paged AdamW, bitsandbytes' CUDA
+# NF4 kernels) trains an adapter of the same loss (1.81 vs 1.86 in the last fifth) that behaves worse:
+KNOWN_GAPS: dict[tuple[str, str, str], str] = {  # (base model, check, device or "*") -> measured reason
+    ("tiny", "malformed", "cuda"): (
+        "on the H100 1 of 66 stand-in answers breaks a heart's byte run off ('cal\ufffd\ufffd'); 0 of 66 on CPU"
     ),
-    ("tiny", "agreement", "*"): (
-        "NF4 rounding of a 128-wide model moves greedy argmaxes: the 4-bit and merged stand-in pass or fail "
-        "the three checks together on 57 of 66 prompts (0.86)"
-    ),
-    ("tiny", "template_leak", "*"): (
-        "the stand-in sometimes runs on into a new '### ' block (2 of 66 on CPU, 1 of 66 on the H100)"
+    ("tiny", "agreement", "cuda"): (
+        "on the H100 the 4-bit and merged stand-in agree on 54 of 66 verdicts (0.82); 66 of 66 on CPU"
     ),
 }
 

@@ -69,3 +69,12 @@ def test_an_unknown_dtype_is_refused():
 def test_bad_training_settings_are_refused(overrides):
     with pytest.raises(ConfigError):
         train_config("tiny", **overrides)
+
+
+def test_an_unknown_lora_bias_is_a_one_line_error_naming_it():
+    from harness.config import LoraSettings
+    from harness.errors import InputError
+    from harness.model import lora_config
+
+    with pytest.raises(InputError, match="lora bias 'sometimes'"):
+        lora_config(LoraSettings(bias="sometimes"))

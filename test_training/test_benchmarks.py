@@ -67,23 +67,14 @@ def test_benchmark_qlora_training_step(benchmark, tiny_base_dir, mini_configs, m
     cfg = dataclasses.replace(cfg, batch_size=TRAIN_BATCH)
     tokenizer, prepared = mini_prepared
     trainer, _, _ = train.make_trainer(tmp_path, tiny_base_dir, tokenizer, prepared.train, cfg, lora)
-    model = trainer.accelerator.prepare_model(trainer.model)  # as train() does: bf16/fp16 autocast on CUDA
-    optimizer = trainer.create_optimizer()  # the configured one: paged AdamW 32-bit on CUDA, AdamW on CPU
-    (batch,), n_labels = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+    step, model = train.stepper(trainer)
+    batch = next(iter(trainer.get_train_dataloader()))  # training_step moves it to the device, as in training
     tokens = int(batch["attention_mask"].sum())
-
-    def step() -> float:
-        loss = trainer.training_step(model, batch, n_labels)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss)
 
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(not p.any() for p in lora_b)  # LoRA's zero init, so a step shows as non-zero B
     _reset_peak_memory()
-    loss = benchmark.pedantic(_synced(step), setup=optimizer.zero_grad, rounds=TRAIN_ROUNDS, warmup_rounds=1,
-                              iterations=1)
+    loss = benchmark.pedantic(_synced(step), args=(batch,), rounds=TRAIN_ROUNDS, warmup_rounds=1, iterations=1)
     assert math.isfinite(loss)
     assert all(p.any() for p in lora_b), "the timed step did not update the adapter"
     assert model.training and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
