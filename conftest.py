@@ -39,5 +39,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is None:
         return
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords or "envelope" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -9,9 +9,12 @@
 #   PYTHON           the interpreter with the harness installed (default: python)
 #   BENCH_MARGIN     relative change that counts as a regression (default: hearts bench's, 0.1)
 #   GPU_CI_ALLOW_CPU=1  run anyway without CUDA (to try the script; the gpu tests then skip)
+#   GPU_CI_ENVELOPE=1   also run the 7B-shape envelope (minutes, ~30 GB of disk for the shape and its merge):
+#                       training/merge/generation under the T4 profile, then batch-32 generation on the full card
 #
 # Writes into OUT_DIR: environment.txt, junit-gpu.xml, junit-bench.xml, bench-YYYYmmdd-HHMMSS.json (UTC) and,
-# when an earlier bench JSON is there, bench-compare.md + bench-compare.png.
+# when an earlier bench JSON is there, bench-compare.md + bench-compare.png; with the envelope, also
+# envelope-t4.json, envelope-generation.json and their junit XML.
 # Exit: 0 all passed; 1 a test failed, a benchmark regressed or the comparison could not be made (every step
 # still runs); 2 the environment cannot run the job (no CUDA, no bitsandbytes) and nothing else ran.
 set -euo pipefail
@@ -81,6 +84,15 @@ log "gpu tests: pytest -m gpu $*"
 log "benchmarks -> $bench_json"
 "$PYTHON" -m pytest "${BENCH_FILES[@]}" --benchmark-only --benchmark-json "$bench_json" \
     --junitxml "$OUT_DIR/junit-bench.xml" || status=1
+
+if [ "${GPU_CI_ENVELOPE:-0}" = "1" ]; then
+    log "7B-shape envelope under the T4 profile"
+    "$PYTHON" -m pytest -m envelope test_training/test_envelope_gpu.py --gpu-profile t4 \
+        --benchmark-json "$OUT_DIR/envelope-t4.json" --junitxml "$OUT_DIR/junit-envelope-t4.xml" || status=1
+    log "7B-shape generation on the whole card"
+    "$PYTHON" -m pytest -m envelope test_training/test_envelope_gpu.py -k 'benchmark_7b_generation or bound or trl' \
+        --benchmark-json "$OUT_DIR/envelope-generation.json" --junitxml "$OUT_DIR/junit-envelope-gen.xml" || status=1
+fi
 
 if [ "${#previous[@]}" -eq 0 ]; then
     log "no earlier bench JSON in $OUT_DIR: nothing to compare against (this run is the next run's baseline)"

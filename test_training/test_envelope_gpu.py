@@ -1,0 +1,306 @@
+"""The 7B-scale envelope on CUDA: Llama-2-7B's exact shape (random weights), the T4 profile, the original recipe
+against the harness default, and generation against the card's bandwidth bound.
+
+    pytest -m envelope --gpu-profile t4 --benchmark-json t4.json  # training, merge, generation under 15 GiB
+    pytest -m envelope -k 'benchmark_7b_generation or bound or trl' --benchmark-json full.json  # whole card
+
+Selected by ``-m envelope`` only (minutes, a 13.5 GB model is built and cached on first use); skipped without
+CUDA or bitsandbytes. Benchmarks are CUDA-synchronised; rates and peak memory go to ``extra_info``, where
+``hearts bench`` reads them. No behaviour claims: the weights are random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import data, generate, merge, perf, train
+from harness import model as models
+from harness.config import GenerationConfig, recipe_configs
+from harness.standin import shape_7b_base
+
+pytestmark = pytest.mark.envelope
+
+BASE = "llama2-7b-shape"
+SEQ = 512  # the original's max sequence length; longer rows are cut at a word boundary, the same for both recipes
+WARMUP_STEPS = 2
+TIMED_STEPS = 8
+GEN_BATCH = 32
+GEN_NEW_TOKENS = 128
+T4_GEN_BATCH = 8  # batch 32 x 228 positions of fp16 KV cache (3.6 GiB) does not fit next to 12.6 GiB of weights
+# Filled by the benchmarks, read by the goal tests after them (pytest runs a module's tests in file order).
+RESULTS: dict[str, dict[str, float]] = {}  # training recipe -> rates and peak memory
+GENERATION: dict[str, dict[str, float]] = {}  # way of generating -> rates
+GEN_BOUND_GAP = (  # measured on the H100; profiles in docs/perf/h100-generation-7b-static-b32-*.txt
+    "static cache + compiled decode (CUDA graphs): 2,581 new tok/s at batch 32, 32% of the 7,960 bound (eager "
+    "944, 12%). A decode step takes 7.35 ms of GPU time against the bound's 4.0: weight GEMMs ~5.3 ms (76% of "
+    "bandwidth) and attention over the static KV cache 1.7 ms (the bound ignores KV reads); per call, the "
+    "eager prefill and host gaps (graph launch, dynamo guards, generate's loop) idle the GPU ~22%. Decode "
+    "steps alone run at 4,350 tok/s, 55%")
+
+
+@pytest.fixture(autouse=True)
+def _release_cuda_memory():
+    """Each test loads a 7B model; the previous one's (and its trainer's reference cycles) must be gone first."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="module")
+def shape_dir(artifacts_dir: Path) -> Path:
+    return shape_7b_base(artifacts_dir)
+
+
+@pytest.fixture(scope="module")
+def shape_tokenizer(shape_dir: Path):
+    return models.load_tokenizer(shape_dir)
+
+
+def _configs(recipe: str, gpu_profile):
+    dtype = "fp16" if gpu_profile else "auto"
+    return recipe_configs(recipe, BASE, {"max_length": SEQ, "overflow": "cut"}, compute_dtype=dtype)
+
+
+def _peak() -> dict[str, float]:
+    return {k: round(v, 3) for k, v in train.peak_memory().items()}
+
+
+def _under_cap(gpu_profile) -> None:
+    if gpu_profile:
+        reserved = torch.cuda.max_memory_reserved() / 2**30
+        assert reserved <= gpu_profile["cap_gib"], f"{reserved:.2f} GiB reserved over the T4 cap"
+
+
+# --- training: the original recipe against the default, same data, same run ---------------------------
+
+
+@pytest.mark.parametrize("recipe", ["original", "default"])
+def test_benchmark_7b_qlora_steps(benchmark, recipe, shape_dir, shape_tokenizer, gpu_profile, tmp_path) -> None:
+    """QLoRA optimizer steps (r=64 all-linear, checkpointing, paged AdamW 32-bit) on the bundled data."""
+    cfg, lora, data_cfg = _configs(recipe, gpu_profile)
+    prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=tmp_path / "hf")
+    trainer, _, _ = train.make_trainer(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)
+    RESULTS[recipe] = _time_steps(benchmark, trainer, gpu_profile, recipe=recipe, batch_size=cfg.batch_size)
+
+
+def _time_steps(benchmark, trainer, gpu_profile, **info) -> dict:
+    """Time optimizer steps over the trainer's own batches (its sampler, its collator); rates into extra_info."""
+    step, model = train.stepper(trainer)
+    batches = itertools.cycle(list(trainer.get_train_dataloader()))  # group_by_length order, as training sees it
+    seen: list[tuple[int, int]] = []  # (rows, tokens) of every round, warm-up included
+
+    def next_batch():
+        batch = next(batches)
+        seen.append((len(batch["input_ids"]), int(batch["attention_mask"].sum())))
+        return (batch,), {}
+
+    torch.cuda.reset_peak_memory_stats()
+    loss = benchmark.pedantic(lambda b: (step(b), torch.cuda.synchronize())[0], setup=next_batch,
+                              rounds=TIMED_STEPS, warmup_rounds=WARMUP_STEPS, iterations=1)
+    assert torch.isfinite(torch.tensor(loss)) and model.training
+    _under_cap(gpu_profile)
+    rows, tokens = (sum(x) for x in zip(*seen[WARMUP_STEPS:], strict=True))
+    info.update(tokens_per_row=tokens / rows, **_peak())
+    if benchmark.stats:
+        total = benchmark.stats.stats.total
+        info.update(samples_per_s=rows / total, tokens_per_s=tokens / total)
+    benchmark.extra_info.update(info)
+    return info
+
+
+def _recipes_measured() -> tuple[dict[str, float], dict[str, float]]:
+    if not {"original", "default"} <= RESULTS.keys() or "samples_per_s" not in RESULTS["default"]:
+        pytest.skip("needs both training benchmarks of this module, timed, in the same run")
+    return RESULTS["original"], RESULTS["default"]
+
+
+def test_default_recipe_trains_twice_as_fast_as_the_original() -> None:
+    old, new = _recipes_measured()
+    speed = new["samples_per_s"] / old["samples_per_s"]
+    print(f"\ndefault vs original: {speed:.2f}x samples/s ({new['samples_per_s']:.2f} vs {old['samples_per_s']:.2f})")
+    assert speed >= 2.0, f"default reaches {speed:.2f}x the original's samples/s"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "r=64 all-linear LoRA keeps fp32 weights + grads (1.2 GiB) next to the 4-bit base and fp16 embeddings "
+    "(3.7 GiB): 4.9 GiB fixed, 71% of the original's 6.86 GiB peak on the H100 (T4 profile), so 25% less "
+    "leaves no room for a batch; measured 6.77 vs 6.86 GiB (0.99x) at 3.2x the samples/s"))
+def test_default_recipe_needs_a_quarter_less_memory_than_the_original() -> None:
+    old, new = _recipes_measured()
+    memory = new["peak_allocated_gib"] / old["peak_allocated_gib"]
+    print(f"\ndefault vs original: {memory:.2f}x peak allocated memory")
+    assert memory <= 0.75, f"default peaks at {memory:.2f}x the original's allocated memory"
+
+
+def _trl_trainer(out: Path, base: Path, tokenizer, train_ds, cfg, lora):
+    """TRL's SFTTrainer on the same 4-bit base, data (response-only loss as a completion mask), LoRA and
+    optimizer settings as the harness's Trainer."""
+    from trl import SFTConfig, SFTTrainer
+
+    dtype = models.compute_dtype(cfg.compute_dtype)
+    args = SFTConfig(
+        output_dir=str(out / "trl"), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm, optim=train.optimizer_name(cfg), train_sampling_strategy="group_by_length",
+        bf16=dtype == torch.bfloat16, gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, max_length=SEQ, packing=False,
+        completion_only_loss=True, seed=cfg.seed, report_to="none", save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    rows = train_ds.map(lambda r: {"completion_mask": [int(label != -100) for label in r["labels"]]})
+    return SFTTrainer(model=models.load_quantized(base, cfg, dtype), args=args, processing_class=tokenizer,
+                      train_dataset=rows.select_columns(["input_ids", "completion_mask"]),
+                      peft_config=models.lora_config(lora))
+
+
+@pytest.mark.parametrize("trainer_kind", ["harness", "trl"])
+def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
+                                              tmp_path) -> None:
+    """The default recipe through the harness's Trainer and through TRL's SFTTrainer, bf16, same run."""
+    if gpu_profile:
+        pytest.skip("TRL 1.16 casts the LoRA weights to bf16, which fp16 loss scaling rejects: compared in bf16")
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("the TRL peer runs in bf16, which this GPU lacks")
+    pytest.importorskip("trl", reason="the TRL peer needs the optional extra: pip install -e '.[trl]'")
+    cfg, lora, data_cfg = recipe_configs("default", BASE, {"max_length": SEQ, "overflow": "cut"},
+                                         compute_dtype="bf16")
+    prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=tmp_path / "hf")
+    make = _trl_trainer if trainer_kind == "trl" else lambda *a: train.make_trainer(*a)[0]
+    trainer = make(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)
+    benchmark.group = "qlora-7b-bf16-peers"
+    _time_steps(benchmark, trainer, None, peer=trainer_kind, batch_size=cfg.batch_size)
+
+
+# --- merge and generation of the 7B shape -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shape_adapter(shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory) -> Path:
+    """An adapter of the default recipe after a few real steps (merge cost does not depend on how trained)."""
+    cfg, lora, data_cfg = _configs("default", gpu_profile)
+    out = tmp_path_factory.mktemp("adapter-7b")
+    prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=out / "hf")
+    train.train_adapter(out, shape_dir, shape_tokenizer, prepared.train, dataclasses.replace(cfg, max_steps=2),
+                        lora, {})
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def test_7b_merge_and_batched_generation_complete(shape_dir, shape_adapter, shape_tokenizer, gpu_profile,
+                                                  eval_prompts, tmp_path, record_property) -> None:
+    """Merged in fp16 (sharded safetensors), reloaded with stock from_pretrained, generated in a batch."""
+    import time
+
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    merged_dir = merge.merge(shape_dir, shape_adapter, tmp_path / "merged", torch.float16)
+    record_property("merge_s", round(time.perf_counter() - start, 1))
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert len(list(merged_dir.glob("*.safetensors"))) > 1, "a 13.5 GB model is saved in shards"
+    model = merge.load_merged(merged_dir, torch.float16)
+    batch = T4_GEN_BATCH if gpu_profile else GEN_BATCH
+    gen = GenerationConfig(max_new_tokens=32, min_new_tokens=32, batch_size=batch)
+    start = time.perf_counter()
+    out = generate.generate(model, shape_tokenizer, generate.prompts_for(eval_prompts[:batch]), gen)
+    torch.cuda.synchronize()
+    record_property("generate_s", round(time.perf_counter() - start, 1))
+    record_property("peak", _peak())
+    assert len(out) == batch and not any(g.terminated for g in out)
+    _under_cap(gpu_profile)
+
+
+# --- generation throughput against the bandwidth bound ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shape_fp16(shape_dir, gpu_profile):
+    if gpu_profile:
+        pytest.skip("batch-32 fp16 generation of a 7B model needs more than a T4's 15 GiB: run without the profile")
+    return models.load_base(shape_dir, torch.float16)  # a merged model has exactly the base's shape and cost
+
+
+def _merged_way(cache: str, batch: int, new_tokens: int):
+    def make(shape_dir, shape_fp16):
+        gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch, cache=cache)
+        return shape_fp16, gen, lambda tok, prompts: generate.generate(shape_fp16, tok, prompts, gen)
+    return make
+
+
+def _original_way(shape_dir, shape_fp16):
+    """The notebook: 4-bit base + unmerged adapter (r=64), one prompt at a time, sampling."""
+    from peft import get_peft_model
+
+    cfg, lora, _ = recipe_configs("original", BASE)
+    model = get_peft_model(models.load_quantized(shape_dir, cfg, torch.float16), models.lora_config(lora))
+    gen = GenerationConfig(max_new_tokens=32, min_new_tokens=32, batch_size=1, do_sample=True)
+    return model, gen, lambda tok, prompts: [generate.generate(model, tok, [p], gen)[0] for p in prompts[:2]]
+
+
+@pytest.mark.parametrize(
+    ("way", "rounds"),
+    [pytest.param(_merged_way("static", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-static-compiled"),
+     pytest.param(_merged_way("dynamic", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-dynamic"),
+     pytest.param(_merged_way("dynamic", 1, 32), 3, id="merged-fp16-b1-dynamic"),
+     pytest.param(_original_way, 2, id="original-4bit-adapter-one-at-a-time-sampling")])
+def test_benchmark_7b_generation(benchmark, way, rounds, shape_dir, shape_fp16, shape_tokenizer,
+                                 eval_prompts) -> None:
+    model, gen, run = way(shape_dir, shape_fp16)
+    prompts = generate.prompts_for(eval_prompts[: gen.batch_size if gen.batch_size > 1 else 2])
+    benchmark.group = "generation-7b"
+    torch.cuda.reset_peak_memory_stats()
+    out = benchmark.pedantic(lambda *a: (run(*a), torch.cuda.synchronize())[0], args=(shape_tokenizer, prompts),
+                             rounds=rounds, warmup_rounds=1, iterations=1)  # warm-up: compile, allocator
+    tokens = len(out) * gen.max_new_tokens  # min_new_tokens: every row decodes exactly this many
+    bandwidth = perf.memory_bandwidth(torch.cuda.get_device_properties(0))
+    info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **_peak()}
+    if bandwidth and gen.batch_size == GEN_BATCH:
+        info["bound_tokens_per_s"] = perf.decode_bound_tokens_per_s(perf.weight_bytes(shape_fp16), bandwidth,
+                                                                     GEN_BATCH)
+    if benchmark.stats:
+        info["tokens_per_s"] = tokens / benchmark.stats.stats.mean
+        if "bound_tokens_per_s" in info:
+            info["share_of_bound"] = info["tokens_per_s"] / info["bound_tokens_per_s"]
+    benchmark.extra_info.update(info)
+    GENERATION[benchmark.name.split("[")[-1].rstrip("]")] = info
+    del model
+
+
+def _generation_measured() -> tuple[dict[str, float], dict[str, float]]:
+    """The fastest batch-32 merged way and the notebook's way, as measured by the benchmarks above."""
+    best = max((v for k, v in GENERATION.items() if k.startswith("merged-fp16-b32")),
+               key=lambda v: v.get("tokens_per_s", 0), default={})
+    original = GENERATION.get("original-4bit-adapter-one-at-a-time-sampling", {})
+    if not {"tokens_per_s", "bound_tokens_per_s"} <= best.keys() or "tokens_per_s" not in original:
+        pytest.skip("needs the generation benchmarks of this module, timed, in the same run")
+    return best, original
+
+
+def test_batched_merged_generation_is_30x_the_original_way() -> None:
+    best, original = _generation_measured()
+    speedup = best["tokens_per_s"] / original["tokens_per_s"]
+    print(f"\nbatch-32 {best['cache']}: {best['tokens_per_s']:.0f} new tok/s, {speedup:.0f}x the original way "
+          f"({original['tokens_per_s']:.1f} tok/s)")
+    assert speedup >= 30, f"{speedup:.1f}x the original way"
+
+
+@pytest.mark.xfail(strict=True, reason=GEN_BOUND_GAP)
+def test_batched_merged_generation_reaches_half_the_bandwidth_bound() -> None:
+    best, _ = _generation_measured()
+    share = best["tokens_per_s"] / best["bound_tokens_per_s"]
+    print(f"\nbatch-32 {best['cache']}: {share:.0%} of the bound {best['bound_tokens_per_s']:.0f} new tok/s")
+    assert share >= 0.5, f"{share:.0%} of the bandwidth bound"
