@@ -7,7 +7,10 @@ bound is optimistic (at batch 32 x 228 positions a 7B cache adds ~3.7 GB a step 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 
 def memory_bandwidth(props: Any) -> float | None:
@@ -31,3 +34,16 @@ def decode_bound_tokens_per_s(weights: int, bandwidth: float, batch: int) -> flo
     if weights <= 0 or bandwidth <= 0 or batch <= 0:
         raise ValueError(f"need positive weights, bandwidth and batch, got {weights}, {bandwidth}, {batch}")
     return batch * bandwidth / weights
+
+
+def synced(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` followed by a CUDA sync, so a benchmark's timer stops when the GPU is done, not when the launch
+    returns (a no-op on CPU)."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return result
+
+    return timed

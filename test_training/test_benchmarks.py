@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 
-from harness import generate, train
+from harness import generate, perf, train
 from harness.config import GenerationConfig, LoraSettings
 from harness.model import device
 
@@ -29,18 +27,6 @@ TRAIN_BATCH = 4  # rows per step: half the tiny preset's 8, so 6 steps (1 warm-u
 TRAIN_ROUNDS = 5
 N_PROMPTS = 4  # the same few held-out prompts for both ways of generating
 NEW_TOKENS = 16  # per prompt: the notebook way runs one 4-bit forward per token per prompt
-
-
-def _synced(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` followed by a CUDA sync, so the timer stops when the GPU is done, not when the launch returns."""
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return result
-
-    return timed
 
 
 def _reset_peak_memory() -> None:
@@ -74,7 +60,7 @@ def test_benchmark_qlora_training_step(benchmark, tiny_base_dir, mini_configs, m
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(not p.any() for p in lora_b)  # LoRA's zero init, so a step shows as non-zero B
     _reset_peak_memory()
-    loss = benchmark.pedantic(_synced(step), args=(batch,), rounds=TRAIN_ROUNDS, warmup_rounds=1, iterations=1)
+    loss = benchmark.pedantic(perf.synced(step), args=(batch,), rounds=TRAIN_ROUNDS, warmup_rounds=1, iterations=1)
     assert math.isfinite(loss)
     assert all(p.any() for p in lora_b), "the timed step did not update the adapter"
     assert model.training and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
@@ -121,7 +107,7 @@ def test_benchmark_generation_new_tokens_per_second(benchmark, way, rounds, tiny
     benchmark.group = "generation"  # the two ways side by side in pytest-benchmark's table
 
     _reset_peak_memory()
-    out = benchmark.pedantic(_synced(run), setup=lambda: ((tokenizer, list(prompts)), {}), rounds=rounds,
+    out = benchmark.pedantic(perf.synced(run), setup=lambda: ((tokenizer, list(prompts)), {}), rounds=rounds,
                              warmup_rounds=1, iterations=1)
     assert len(out) == N_PROMPTS and all(0 < g.new_tokens <= NEW_TOKENS for g in out)
     _record(benchmark, tokens=sum(g.new_tokens for g in out), samples=len(out))

@@ -12,7 +12,9 @@ CUDA or bitsandbytes. Benchmarks are CUDA-synchronised; rates and peak memory go
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -43,16 +45,18 @@ GEN_BOUND_GAP = (  # measured on the H100; profiles in docs/perf/h100-generation
     "steps alone run at 4,350 tok/s, 55%")
 
 
+def _free_cuda() -> None:
+    """Drop unreachable models (a trainer holds reference cycles) and hand their memory back before the next
+    7B load: under the T4 cap two 7B models never fit at once."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 @pytest.fixture(autouse=True)
 def _release_cuda_memory():
-    """Each test loads a 7B model; the previous one's (and its trainer's reference cycles) must be gone first."""
-    import gc
-
-    gc.collect()
-    torch.cuda.empty_cache()
+    _free_cuda()
     yield
-    gc.collect()
-    torch.cuda.empty_cache()
+    _free_cuda()
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +69,9 @@ def shape_tokenizer(shape_dir: Path):
     return models.load_tokenizer(shape_dir)
 
 
-def _configs(recipe: str, gpu_profile):
-    dtype = "fp16" if gpu_profile else "auto"
+def _configs(recipe: str, gpu_profile, compute_dtype: str = "auto"):
+    """The recipe on the bundled data cut at ``SEQ`` tokens; fp16 under the T4 profile."""
+    dtype = "fp16" if gpu_profile else compute_dtype
     return recipe_configs(recipe, BASE, {"max_length": SEQ, "overflow": "cut"}, compute_dtype=dtype)
 
 
@@ -104,8 +109,8 @@ def _time_steps(benchmark, trainer, gpu_profile, **info) -> dict:
         return (batch,), {}
 
     torch.cuda.reset_peak_memory_stats()
-    loss = benchmark.pedantic(lambda b: (step(b), torch.cuda.synchronize())[0], setup=next_batch,
-                              rounds=TIMED_STEPS, warmup_rounds=WARMUP_STEPS, iterations=1)
+    loss = benchmark.pedantic(perf.synced(step), setup=next_batch, rounds=TIMED_STEPS, warmup_rounds=WARMUP_STEPS,
+                              iterations=1)
     assert torch.isfinite(torch.tensor(loss)) and model.training
     _under_cap(gpu_profile)
     rows, tokens = (sum(x) for x in zip(*seen[WARMUP_STEPS:], strict=True))
@@ -171,8 +176,7 @@ def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir
     if not torch.cuda.is_bf16_supported():
         pytest.skip("the TRL peer runs in bf16, which this GPU lacks")
     pytest.importorskip("trl", reason="the TRL peer needs the optional extra: pip install -e '.[trl]'")
-    cfg, lora, data_cfg = recipe_configs("default", BASE, {"max_length": SEQ, "overflow": "cut"},
-                                         compute_dtype="bf16")
+    cfg, lora, data_cfg = _configs("default", gpu_profile, compute_dtype="bf16")
     prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=tmp_path / "hf")
     make = _trl_trainer if trainer_kind == "trl" else lambda *a: train.make_trainer(*a)[0]
     trainer = make(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)
@@ -191,26 +195,18 @@ def shape_adapter(shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory) -> 
     prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=out / "hf")
     train.train_adapter(out, shape_dir, shape_tokenizer, prepared.train, dataclasses.replace(cfg, max_steps=2),
                         lora, {})
-    import gc
-
-    gc.collect()
-    torch.cuda.empty_cache()
+    _free_cuda()
     return out
 
 
 def test_7b_merge_and_batched_generation_complete(shape_dir, shape_adapter, shape_tokenizer, gpu_profile,
                                                   eval_prompts, tmp_path, record_property) -> None:
     """Merged in fp16 (sharded safetensors), reloaded with stock from_pretrained, generated in a batch."""
-    import time
-
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     merged_dir = merge.merge(shape_dir, shape_adapter, tmp_path / "merged", torch.float16)
     record_property("merge_s", round(time.perf_counter() - start, 1))
-    import gc
-
-    gc.collect()
-    torch.cuda.empty_cache()
+    _free_cuda()
     assert len(list(merged_dir.glob("*.safetensors"))) > 1, "a 13.5 GB model is saved in shards"
     model = merge.load_merged(merged_dir, torch.float16)
     batch = T4_GEN_BATCH if gpu_profile else GEN_BATCH
@@ -257,14 +253,14 @@ def _original_way(shape_dir, shape_fp16):
      pytest.param(_merged_way("dynamic", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-dynamic"),
      pytest.param(_merged_way("dynamic", 1, 32), 3, id="merged-fp16-b1-dynamic"),
      pytest.param(_original_way, 2, id="original-4bit-adapter-one-at-a-time-sampling")])
-def test_benchmark_7b_generation(benchmark, way, rounds, shape_dir, shape_fp16, shape_tokenizer,
+def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, shape_fp16, shape_tokenizer,
                                  eval_prompts) -> None:
     model, gen, run = way(shape_dir, shape_fp16)
     prompts = generate.prompts_for(eval_prompts[: gen.batch_size if gen.batch_size > 1 else 2])
     benchmark.group = "generation-7b"
     torch.cuda.reset_peak_memory_stats()
-    out = benchmark.pedantic(lambda *a: (run(*a), torch.cuda.synchronize())[0], args=(shape_tokenizer, prompts),
-                             rounds=rounds, warmup_rounds=1, iterations=1)  # warm-up: compile, allocator
+    out = benchmark.pedantic(perf.synced(run), args=(shape_tokenizer, prompts), rounds=rounds, warmup_rounds=1,
+                             iterations=1)  # warm-up: compile, allocator
     tokens = len(out) * gen.max_new_tokens  # min_new_tokens: every row decodes exactly this many
     bandwidth = perf.memory_bandwidth(torch.cuda.get_device_properties(0))
     info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **_peak()}
@@ -276,7 +272,7 @@ def test_benchmark_7b_generation(benchmark, way, rounds, shape_dir, shape_fp16, 
         if "bound_tokens_per_s" in info:
             info["share_of_bound"] = info["tokens_per_s"] / info["bound_tokens_per_s"]
     benchmark.extra_info.update(info)
-    GENERATION[benchmark.name.split("[")[-1].rstrip("]")] = info
+    GENERATION[request.node.callspec.id] = info
     del model
 
 

@@ -27,5 +27,5 @@ def test_overrides_reach_both_data_and_training() -> None:
 
 
 def test_an_unknown_recipe_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="recipe 'fast'.*original, default"):
+    with pytest.raises(ConfigError, match=r"recipe 'fast'.*original, default"):
         recipe_configs("fast", "tiny")
