@@ -87,3 +87,17 @@ def test_seeded_sampling_is_reproducible(merged_model, tokenizer, prompt_texts):
     first = generate.generate(merged_model, tokenizer, prompt_texts[:2], cfg)
     second = generate.generate(merged_model, tokenizer, prompt_texts[:2], cfg)
     assert [g.response for g in first] == [g.response for g in second]
+
+
+def test_min_new_tokens_makes_every_row_decode_the_same_work(merged_model, tokenizer, prompt_texts):
+    # What the generation benchmarks rely on: the stand-in answers stop after ~80 tokens; a round must not.
+    out = generate.generate(merged_model, tokenizer, prompt_texts[:4],
+                            GenerationConfig(max_new_tokens=200, min_new_tokens=200))
+    assert [g.new_tokens for g in out] == [200] * 4 and not any(g.terminated for g in out)
+
+
+def test_an_unknown_kv_cache_is_a_one_line_error_naming_it(merged_model, tokenizer, prompt_texts):
+    from harness.errors import InputError
+
+    with pytest.raises(InputError, match="generation cache 'paged'"):
+        generate.generate(merged_model, tokenizer, prompt_texts[:1], GenerationConfig(cache="paged"))
