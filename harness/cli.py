@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("gate", "gate"),
     ("bench", "bench"),
     ("upload", "upload"),
+    ("env", "env"),
 )
 
 

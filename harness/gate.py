@@ -32,6 +32,7 @@ from typing import Any
 
 from harness import report as reports
 from harness.config import ConfigError, GateConfig, build, load_toml
+from harness.environment import environment_drift
 from harness.errors import InputError
 from harness.stats import mcnemar_exact, wilson
 
@@ -52,11 +53,13 @@ class GateRow:
     threshold: str
     passed: bool
     note: str = ""
+    changed: bool = False  # a baseline row: some prompt's verdict on this check flipped
 
 
 @dataclasses.dataclass(frozen=True)
 class GateResult:
     rows: tuple[GateRow, ...]
+    drift: tuple[tuple[str, str, str], ...] = ()  # (what, baseline, report) when a check flipped vs a baseline
 
     @property
     def passed(self) -> bool:
@@ -76,6 +79,15 @@ class GateResult:
         ]
         widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
         lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        return "\n".join(lines)
+
+    def drift_text(self) -> str:
+        """What differs from the baseline's environment, shown when a check flipped ("" when nothing did)."""
+        if not self.drift:
+            return ""
+        flipped = ", ".join(r.name.removesuffix(" vs baseline") for r in self.rows if r.changed)
+        lines = [f"verdicts flipped against the baseline ({flipped}); its environment differs:"]
+        lines += [f"  {name}: {old} (baseline) -> {new}" for name, old, new in self.drift]
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -137,13 +149,17 @@ def evaluate(
         raise InputError(f"{given}: --bench and --baseline-bench go together (got only {given})")
     name, data = _loaded(report, "report")
     rows = [*threshold_rows(data, cfg)]
+    drift: list[tuple[str, str, str]] = []
     if baseline is not None:
         base_name, base = _loaded(baseline, "baseline report")
-        rows += baseline_rows(data, base, cfg.mcnemar_alpha, names=(name, base_name))
+        against = baseline_rows(data, base, cfg.mcnemar_alpha, names=(name, base_name))
+        rows += against
+        if any(row.changed for row in against):
+            drift = environment_drift(data, base)
     if bench is not None and baseline_bench is not None:
         rows += throughput_rows(load_bench(bench), load_bench(baseline_bench), cfg.throughput_margin,
                                 names=(str(bench), str(baseline_bench)))
-    return GateResult(tuple(rows))
+    return GateResult(tuple(rows), tuple(drift))
 
 
 def assert_gate(report: ReportLike, config: GateConfig | Mapping[str, Any] | str | Path | None = None, *,
@@ -207,7 +223,8 @@ def baseline_rows(report: Mapping[str, Any], baseline: Mapping[str, Any], alpha:
         worse = test.direction == "worse" and test.p_value < alpha
         rows.append(GateRow(f"{check} vs baseline", test.p_value, None,
                             f"no significant drop (p >= {alpha:g})", not worse,
-                            f"p-value; {test.b10} lost, {test.b01} gained of {test.n} shared"))
+                            f"p-value; {test.b10} lost, {test.b01} gained of {test.n} shared",
+                            changed=test.b10 + test.b01 > 0))
     return rows
 
 

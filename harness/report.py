@@ -12,17 +12,14 @@ import dataclasses
 import datetime
 import json
 import math
-import os
-import platform
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.behavior import Verdict, check_response
 from harness.cache import atomic_save_figure, atomic_write_text
+from harness.environment import describe, versions
 from harness.errors import InputError
 from harness.generate import Generation
 from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
@@ -33,8 +30,6 @@ REPORT_MD = "report.md"
 PLOTS = ("compliance.png", "hearts.png", "loss.png")
 CHECKS: tuple[str, ...] = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed",
                            "template_leak")
-_DISTRIBUTIONS = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "emoji", "huggingface_hub",
-                  "matplotlib", "scipy")
 _VERDICT_FLAGS = ("single_emoji", "in_list", "between_every_word", "applicable", "malformed", "template_leak")
 _TRAINING_SUMMARY = ("steps", "train_loss", "tokens_per_s", "wall_s", "compute_dtype", "device")
 _EPS = 1e-9  # float slack when checking that a rate lies inside its own interval
@@ -70,7 +65,7 @@ def build_report(
         "model": _plain(dict(model)),
         "config": _plain(dict(config)),
         "versions": versions(),
-        "environment": environment(),
+        "environment": describe(),
         "metrics": metrics,
         "hearts": counts,
         "uniformity": uniformity(counts) if sum(counts.values()) else None,
@@ -118,28 +113,6 @@ def _agreement(merged: Sequence[Verdict], adapter: Sequence[Verdict]) -> dict[st
 
 def _samples(gens: Sequence[Generation], verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
     return [{**g.to_dict(), "verdict": v.to_dict()} for g, v in zip(gens, verdicts, strict=True)]
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape a result (read from metadata, nothing imported)."""
-    from harness import __version__
-
-    found = {"harness": __version__, "python": platform.python_version()}
-    for dist in _DISTRIBUTIONS:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def environment() -> dict[str, Any]:
-    """Where the evaluation ran; the GPU is named only when torch is already imported (no slow import)."""
-    env: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
 
 
 def _plain(obj: Any) -> Any:

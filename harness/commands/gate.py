@@ -26,5 +26,7 @@ def run(args: argparse.Namespace) -> int:
     result = gate.evaluate(args.report, gate.load_config(args.config), baseline=args.baseline,
                            bench=args.bench, baseline_bench=args.baseline_bench)
     print(result.table())
+    if result.drift:
+        print(result.drift_text())
     print(result.summary())
     return 0 if result.passed else 1
