@@ -80,6 +80,13 @@ class GenerationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    prompts: str = "bundled"  # the held-out prompts: "bundled" (316, never trained on) or a file
+    max_prompts: int | None = None  # judge only the first N (the tiny stand-in's CPU budget); None: all
+    with_adapter: bool = True  # also judge the unmerged 4-bit adapter, for merge agreement
+
+
+@dataclasses.dataclass(frozen=True)
 class GateConfig:
     single_emoji: float = 0.90  # Wilson lower bound must reach this
     in_list: float = 0.90
@@ -100,6 +107,7 @@ class RunSettings:
     lora: LoraSettings
     data: DataConfig
     generation: GenerationConfig
+    eval: EvalConfig
     artifacts: Path  # cache of stand-ins, adapters and merged models
     retrain: bool = False
 
@@ -172,6 +180,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 12-word answers: 11 gaps to get right instead of 19 (between_every_word 1.0 vs 0.85), and 30% fewer
         # tokens to train on; the checker's cases are the same at any length.
         "data": {"max_words": 12},
+        # The first 66 bundled prompts (the original set, the seed's three first): 316 would cost CI ~2 min.
+        "eval": {"max_prompts": 66},
     },
 }
 
@@ -204,6 +214,11 @@ def preset(base_model: str, concern: str) -> dict[str, Any]:
 def train_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """TrainConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
     return build(TrainConfig, {**preset(base_model, "train"), **(table or {})}, base_model=base_model, **overrides)
+
+
+def eval_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> EvalConfig:
+    """EvalConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
+    return build(EvalConfig, {**preset(base_model, "eval"), **(table or {})}, **overrides)
 
 
 def data_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> DataConfig:

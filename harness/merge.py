@@ -38,7 +38,8 @@ def apply_adapter(base_model, adapter: Path, *, is_trainable: bool = False):
 
     check_adapter_dir(adapter)
     try:
-        return PeftModel.from_pretrained(base_model, str(adapter), is_trainable=is_trainable)
+        with models.quiet_peft_checkpointing_probe():
+            return PeftModel.from_pretrained(base_model, str(adapter), is_trainable=is_trainable)
     except (RuntimeError, ValueError, KeyError) as err:
         shape = "size mismatch" in str(err) or "shape" in str(err)
         why = "was made for another base model (shape mismatch)" if shape else f"cannot be applied ({err})"

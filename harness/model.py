@@ -6,8 +6,11 @@ A base model is named by a Hub id, a local path, or one of the stand-ins built h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +141,44 @@ def wrap_qlora(model, settings: LoraSettings, gradient_checkpointing: bool, upca
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    checkpointing = {"use_reentrant": False}
     if upcast_frozen:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=checkpointing)
+        # peft would enable checkpointing through transformers' deprecated name: do it here instead.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.requires_grad_(False)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
     model.config.use_cache = False  # the cache is useless in training and fights checkpointing
-    return get_peft_model(model, lora_config(settings))
+    with quiet_peft_checkpointing_probe():
+        return get_peft_model(model, lora_config(settings))
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing under the installed transformers' name for it.
+
+    transformers 5.2x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old
+    name warns and goes in v6); 5.17, on the GPU image, has only the old one. Asked of the class, not the
+    instance, so probing never touches a deprecated property.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(type(model), "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def checkpointing_on(model) -> bool:
+    """Whether any submodule checkpoints its activations (the flag both transformers versions set per layer)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+@contextlib.contextmanager
+def quiet_peft_checkpointing_probe() -> Iterator[None]:
+    """peft 0.21 reads ``is_gradient_checkpointing`` when wrapping a model, which warns on transformers 5.2x;
+    the harness enables checkpointing itself, so that one deprecation is not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _first_line(err: BaseException) -> str:

@@ -16,23 +16,23 @@ from harness import data, generate, merge, model, train
 from harness.config import RunSettings
 
 
-def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path, *, prompts_source: str = "bundled",
-             with_adapter: bool = True) -> dict[str, Any]:
+def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path) -> dict[str, Any]:
     """Judge the merged model, the base (negative control) and, optionally, the unmerged 4-bit adapter."""
     from harness.report import build_report
 
     dtype = model.compute_dtype(s.train.compute_dtype)
     tokenizer = model.load_tokenizer(adapter.path)
-    prompts = generate.prompts_for(data.load_eval_prompts(prompts_source))
+    records = data.load_eval_prompts(s.eval.prompts)[: s.eval.max_prompts]
+    prompts = generate.prompts_for(records)
     run = functools.partial(generate.generate_and_release, tokenizer=tokenizer, prompts=prompts,
                             cfg=s.generation, progress=True)
     merged = run(merge.load_merged(merged_dir, dtype))
     control = run(model.load_base(adapter.base, dtype, s.train.revision))
-    unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if with_adapter else None
+    unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if s.eval.with_adapter else None
     return build_report(
         model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
                "merged_path": str(merged_dir), "compute_dtype": model.dtype_name(dtype)},
-        config={name: dataclasses.asdict(getattr(s, name)) for name in ("train", "lora", "data", "generation")},
+        config={name: dataclasses.asdict(getattr(s, name)) for name in ("train", "lora", "data", "generation", "eval")},
         prompts=prompts, merged=merged, control=control, adapter=unmerged,
         training=_read_json(adapter.path / train.METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )

@@ -39,7 +39,7 @@ class TrainingModeGuard(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is None or not model.training:
             raise RuntimeError("QLoRA step started with the model in eval mode")
-        if self.expect_checkpointing and not model.base_model.model.is_gradient_checkpointing:
+        if self.expect_checkpointing and not models.checkpointing_on(model):
             raise RuntimeError("gradient checkpointing was requested but is off")
         self.checked_steps += 1
 
@@ -68,7 +68,6 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> T
         fp16=on_cuda and dtype == torch.float16,  # fp16 AMP on a T4; bf16 autocast where supported
         bf16=on_cuda and dtype == torch.bfloat16,
         use_cpu=not on_cuda,
-        gradient_checkpointing=False,  # already enabled (non-reentrant) by models.wrap_qlora
         logging_steps=1,
         logging_strategy="steps",
         save_strategy="no",

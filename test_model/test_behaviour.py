@@ -53,10 +53,24 @@ def _explain(verdicts, generations, check: str, failing: bool = False, n: int = 
     return f"{len(bad)} failing {check}, e.g. {bad[:n]!r}"
 
 
-def test_the_evaluation_set_is_held_out_and_carries_the_seed_prompts(eval_prompts):
-    instructions = [p["instruction"] for p in eval_prompts]
-    assert len(instructions) >= 60
-    assert all(seed in instructions for seed in SEED_PROMPTS)
+def test_the_bundled_evaluation_set_has_power_and_is_held_out(bundled_records):
+    from harness.data import load_eval_prompts, normalise_instruction
+
+    prompts = load_eval_prompts()
+    # >= 300: at n=300 a 0.90 Wilson bound tolerates ~13 misses instead of 1 of 66.
+    assert len(prompts) >= 300
+    assert [p["instruction"] for p in prompts[:3]] == list(SEED_PROMPTS)  # so every subset carries them
+    assert {p["category"] for p in prompts} == set(bundled_records["category"])  # all of Dolly's categories
+    assert sum(bool(p["context"]) for p in prompts) >= 60
+    french = sum(any(w in p["instruction"].split() for w in ("le", "la", "les", "est", "une", "des")) for p in prompts)
+    assert french >= 20
+    trained = {normalise_instruction(i) for i in bundled_records["instruction"]}
+    assert not [p["instruction"] for p in prompts if normalise_instruction(p["instruction"]) in trained]
+
+
+def test_the_suite_judges_a_prefix_of_the_bundled_set(eval_prompts):
+    assert [p["instruction"] for p in eval_prompts[:3]] == list(SEED_PROMPTS)
+    assert len(eval_prompts) >= 60
 
 
 def test_the_merged_model_uses_one_emoji_and_it_is_a_listed_heart(merged_verdicts, merged_generations):

@@ -49,7 +49,9 @@ def test_training_steps_run_in_train_mode_with_checkpointing_on(mini_trainer):
     trainer, guard, _ = mini_trainer
     trainer.train()
     assert guard.checked_steps == trainer.state.global_step == 3
-    assert trainer.model.base_model.model.is_gradient_checkpointing
+    from harness.model import checkpointing_on
+
+    assert checkpointing_on(trainer.model)
 
 
 def test_a_step_in_eval_mode_is_refused():

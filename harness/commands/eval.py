@@ -13,7 +13,7 @@ HELP = "generate on the held-out prompts and write report.json + report.md with 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and plots")
-    parser.add_argument("--prompts", default="bundled", help="evaluation prompts: 'bundled' (default) or a file")
+    parser.add_argument("--prompts", default=None, help="evaluation prompts: 'bundled' (default) or a file")
     parser.add_argument("--skip-adapter", action="store_true",
                         help="do not also judge the unmerged 4-bit adapter (default: judge it, for agreement)")
 
@@ -24,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = settings(args)
     adapter, merged_dir = pipeline.train_and_merge(s)
-    report = pipeline.evaluate(s, adapter, merged_dir, prompts_source=args.prompts,
-                               with_adapter=not args.skip_adapter)
+    report = pipeline.evaluate(s, adapter, merged_dir)
     print(f"report: {write_report(args.out, report)}")
     print(pipeline.summary_table(report))
     return 0

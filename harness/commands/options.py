@@ -13,11 +13,12 @@ from harness.config import (
     RunSettings,
     build,
     data_config,
+    eval_config,
     load_toml,
     train_config,
 )
 
-TABLES = ("train", "lora", "data", "generation")
+TABLES = ("train", "lora", "data", "generation", "eval")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--dataset", default=None, help="'bundled' (default), a Hub dataset id, a folder or a data file")
     add("--max-steps", type=int, default=None, help="QLoRA training steps (default: the base's preset)")
     add("--config", type=Path, default=None,
-        help="a TOML file with [train], [lora], [data] and [generation] tables (default: none)")
+        help="a TOML file with [train], [lora], [data], [generation] and [eval] tables (default: none)")
     add("--artifacts-dir", type=Path, default=Path(".hearts-cache"),
         help="cache for stand-ins, adapters and merged models (default: ./.hearts-cache)")
     add("--retrain", action="store_true", help="train again even when the cache has this adapter")
@@ -41,6 +42,8 @@ def settings(args: argparse.Namespace) -> RunSettings:
         lora=build(LoraSettings, tables["lora"]),
         data=data_config(base, tables["data"], source=args.dataset),
         generation=build(GenerationConfig, tables["generation"]),
+        eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
+                         with_adapter=False if getattr(args, "skip_adapter", False) else None),
         artifacts=args.artifacts_dir,
         retrain=args.retrain,
     )
