@@ -70,12 +70,13 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 320
-    batch_size: int = 16
+    batch_size: int | None = None  # None: as many prompts as the GPU's memory allows (16 on CPU), longest first
     do_sample: bool = False  # greedy by default; sampling is seeded
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
-    cache: str = "dynamic"  # "static": a fixed-size KV cache, and on CUDA transformers compiles the decode step
+    cache: str = "auto"  # auto: "static" (fixed-size KV cache, decode step compiled) for a plain model on CUDA,
+    # "dynamic" otherwise (CPU, 4-bit: transformers cannot compile bitsandbytes' layers)
     min_new_tokens: int = 0  # benchmarks set it to max_new_tokens, so every round decodes the same work
 
 

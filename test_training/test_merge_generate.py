@@ -66,6 +66,19 @@ def test_batched_left_padded_generation_equals_one_at_a_time(merged_model, token
     assert [g.response for g in batched] == [g.response for g in single]
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_length_sorted_batches_give_each_prompt_its_own_answer_in_order(merged_model, tokenizer, prompt_texts, cache):
+    # Five prompts of different lengths in batches of two: sorted, split, the last batch topped up (static), and
+    # every answer back at its prompt's place, equal to generating that prompt alone.
+    prompts = prompt_texts[:5]
+    cfg = GenerationConfig(max_new_tokens=16, batch_size=2, cache=cache)
+    batched = generate.generate(merged_model, tokenizer, prompts, cfg)
+    single = [generate.generate(merged_model, tokenizer, [p], GenerationConfig(max_new_tokens=16))[0]
+              for p in prompts]
+    assert [g.prompt for g in batched] == prompts
+    assert [g.response for g in batched] == [g.response for g in single]
+
+
 def test_generation_returns_only_new_text_with_token_counts(merged_model, tokenizer, prompt_texts):
     out = generate.generate(merged_model, tokenizer, prompt_texts[:3], GenerationConfig(max_new_tokens=8))
     for g in out:

@@ -1,0 +1,60 @@
+"""How prompts are batched for generation: every prompt once, longest first, one shape, memory respected."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.errors import InputError
+from harness.generate import fitting_batch, kv_cache_bytes, plan_batches
+
+lengths = st.lists(st.integers(1, 600), min_size=1, max_size=80)
+
+
+@given(lengths, st.integers(1, 40), st.booleans())
+def test_every_prompt_is_in_a_batch_once_and_batches_go_longest_first(lens, size, fill):
+    batches = plan_batches(lens, size, fill=fill)
+    firsts = [i for b in batches for i in dict.fromkeys(b)]  # repeats that fill a batch are not new prompts
+    assert sorted(firsts) == list(range(len(lens)))
+    assert all(len(b) <= size for b in batches)
+    heads = [max(lens[i] for i in b) for b in batches]
+    assert heads == sorted(heads, reverse=True)
+
+
+@given(lengths, st.integers(1, 40))
+def test_filled_batches_all_have_one_shape(lens, size):
+    batches = plan_batches(lens, size, fill=True)
+    if len(batches) > 1:
+        assert {len(b) for b in batches} == {size}
+    repeats = [i for b in batches for i in b]
+    assert len(repeats) - len(lens) < size  # only the last batch is topped up
+
+
+def test_a_batch_size_below_one_is_refused():
+    with pytest.raises(InputError, match="batch_size 0"):
+        plan_batches([3, 4], 0)
+
+
+@given(st.integers(1, 10**12), st.integers(1, 10**9), st.integers(1, 5000))
+def test_the_fitting_batch_fits_the_budget_and_splits_evenly(budget, per_row, n):
+    size = fitting_batch(budget, per_row, n)
+    assert 1 <= size <= n
+    if budget >= per_row:
+        assert size * per_row <= budget
+    n_batches = math.ceil(n / size)
+    assert n_batches == max(1, math.ceil(n / max(1, min(n, budget // per_row))))
+    assert n_batches * size - n < n_batches  # equal batches: at most one spare row per batch
+
+
+def test_the_kv_cache_of_a_sequence_is_keys_and_values_of_every_layer():
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64; 256 positions in bf16 = 5.9 MB per sequence.
+    config = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
+                             head_dim=64)
+    assert kv_cache_bytes(config, 256, 2) == 2 * 30 * 3 * 64 * 256 * 2
+    # Llama-2-7B (no GQA): 0.5 MiB per position in fp16.
+    llama = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, hidden_size=4096)
+    assert kv_cache_bytes(llama, 1, 2) == 2**19
