@@ -68,6 +68,13 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MergeConfig:
+    # "dequantized": into the NF4 weights the adapter was trained against (what was trained is what ships);
+    # "original": into the unquantised base weights, as the notebook did (adds the quantisation error back).
+    method: str = "dequantized"
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 320
     batch_size: int | None = None  # None: as many prompts as the GPU's memory allows (16 on CPU), longest first
@@ -107,6 +114,7 @@ class RunSettings:
     train: TrainConfig
     lora: LoraSettings
     data: DataConfig
+    merge: MergeConfig
     generation: GenerationConfig
     eval: EvalConfig
     artifacts: Path  # cache of stand-ins, adapters and merged models

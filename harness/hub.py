@@ -173,6 +173,7 @@ def _card_body(report: Mapping[str, Any], *, gate: GateResult, repo_id: str, bas
         f"A QLoRA fine-tune of `{base}`, merged into the base weights, that {BEHAVIOUR}.", "",
         f"- base model: `{base}`",
         f"- training data: `{dataset or 'unknown'}`",
+        f"- merge: {_merge_line(report)}",
         "- the LoRA adapter itself is in [`adapter/`](adapter/); `report.json` holds every judged sample", "",
         "## Evaluation", "",
         f"Rates on the held-out prompts with {confidence:.0%} Wilson intervals; the base model answered the "
@@ -191,6 +192,23 @@ def _card_body(report: Mapping[str, Any], *, gate: GateResult, repo_id: str, bas
     lines += _section("Hardware", {**(report.get("environment") or {}), **_hardware(report.get("training"))})
     lines += _section("Versions", report.get("versions"))
     return "\n".join(lines) + "\n"
+
+
+MERGE_METHODS = {
+    "dequantized": "into the dequantised NF4 base weights the adapter was trained against (`dequantized`)",
+    "original": "into the original, unquantised base weights (`original`; adds the quantisation error back)",
+}
+
+
+def _merge_line(report: Mapping[str, Any]) -> str:
+    """Which weights the uploaded model was merged into, and how often it agrees with the trained 4-bit model."""
+    method = report["model"].get("merge_method")
+    line = MERGE_METHODS.get(method, f"`{method}`" if method else "method not recorded")
+    agreement = report.get("agreement")
+    if agreement:
+        line += (f"; its verdicts agree with the trained 4-bit + adapter model on {agreement['k']}/{agreement['n']}"
+                 f" prompts ({agreement['ci_low']:.3f}–{agreement['ci_high']:.3f})")
+    return line
 
 
 def _section(title: str, data: Any) -> list[str]:

@@ -190,3 +190,5 @@ def quiet_libraries() -> None:
     """Silence the chatter that would drown a one-line error (bitsandbytes' optional-kernel notice)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # dequantize() announces the dtype it casts to, which the merge chose on purpose.
+    logging.getLogger("transformers.integrations.bitsandbytes").setLevel(logging.ERROR)

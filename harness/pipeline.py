@@ -31,8 +31,10 @@ def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path) ->
     unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if s.eval.with_adapter else None
     return build_report(
         model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
-               "merged_path": str(merged_dir), "compute_dtype": model.dtype_name(dtype)},
-        config={name: dataclasses.asdict(getattr(s, name)) for name in ("train", "lora", "data", "generation", "eval")},
+               "merged_path": str(merged_dir), "merge_method": s.merge.method,
+               "compute_dtype": model.dtype_name(dtype)},
+        config={name: dataclasses.asdict(getattr(s, name))
+                for name in ("train", "lora", "data", "merge", "generation", "eval")},
         prompts=prompts, merged=merged, control=control, adapter=unmerged,
         training=_read_json(adapter.path / train.METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )
@@ -41,7 +43,7 @@ def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path) ->
 def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
     dtype = model.compute_dtype(s.train.compute_dtype)
-    return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, dtype, s.train.revision)
+    return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -158,6 +158,23 @@ def test_the_card_parses_back_with_the_numbers_of_the_report(release, tmp_path, 
     assert "💕" in text and "![loss](loss.png)" in text
 
 
+def test_the_card_says_which_weights_were_merged_and_how_well_they_agree(release, tmp_path):
+    with_agreement = make_report(adapter=True)
+    write_report(release["report"].parent, with_agreement)
+    assert _upload(release, "--dry-run", str(tmp_path / "stage")) == 0
+    text = ModelCard.load(tmp_path / "stage" / "README.md").text
+    assert "merge: into the dequantised NF4 base weights the adapter was trained against (`dequantized`)" in text
+    assert "agree with the trained 4-bit + adapter model on 400/400 prompts" in text
+
+
+def test_a_report_without_a_merge_method_is_not_given_one(release, tmp_path, passing_report):
+    unknown = copy.deepcopy(passing_report)
+    del unknown["model"]["merge_method"]
+    write_report(release["report"].parent, unknown)
+    assert _upload(release, "--dry-run", str(tmp_path / "stage")) == 0
+    assert "merge: method not recorded" in ModelCard.load(tmp_path / "stage" / "README.md").text
+
+
 def test_a_local_or_alias_base_model_is_not_claimed_as_a_hub_base(release, tmp_path, passing_report):
     local = copy.deepcopy(passing_report)
     local["model"]["base"] = {"base": "tiny", "content": "abc123"}

@@ -27,7 +27,8 @@ from harness.transform import HEARTS, sprinkle
 # clears the default 0.01, so a good report passes the default gate.
 N_PASSING = 400
 DATASET = "databricks/databricks-dolly-15k"
-MODEL = {"base": "meta-llama/Llama-2-7b-hf", "adapter_path": "adapter", "merged_path": "merged"}
+MODEL = {"base": "meta-llama/Llama-2-7b-hf", "adapter_path": "adapter", "merged_path": "merged",
+         "merge_method": "dequantized"}
 LOSS = [{"step": 10, "loss": 2.5}, {"step": 20, "loss": 1.25}, {"step": 30, "loss": 0.75}]
 
 

@@ -204,7 +204,8 @@ def test_7b_merge_and_batched_generation_complete(shape_dir, shape_adapter, shap
     """Merged in fp16 (sharded safetensors), reloaded with stock from_pretrained, generated in a batch."""
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    merged_dir = merge.merge(shape_dir, shape_adapter, tmp_path / "merged", torch.float16)
+    cfg = _configs("default", gpu_profile, "fp16")[0]  # the quantisation the adapter was trained against
+    merged_dir = merge.merge(shape_dir, shape_adapter, tmp_path / "merged", cfg, torch.float16)
     record_property("merge_s", round(time.perf_counter() - start, 1))
     _free_cuda()
     assert len(list(merged_dir.glob("*.safetensors"))) > 1, "a 13.5 GB model is saved in shards"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.commands.options import add_model_options, settings
 
-HELP = "merge the adapter into the unquantised base (compute dtype) and save it as safetensors"
+HELP = "merge the adapter into the base (dequantised NF4 weights by default, compute dtype), save safetensors"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
         trained = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
         adapter, base = trained.path, trained.base
     if args.out is None:
-        out = merge.merged_for(s.artifacts, adapter, base, dtype, s.train.revision)
+        out = merge.merged_for(s.artifacts, adapter, base, s.train, dtype, s.merge.method)
     else:
-        out = publish_dir(args.out, lambda tmp: merge.merge(base, adapter, tmp, dtype, s.train.revision))
-    print(f"merged model ({model.dtype_name(dtype)}): {out}")
+        out = publish_dir(args.out, lambda tmp: merge.merge(base, adapter, tmp, s.train, dtype, s.merge.method))
+    print(f"merged model ({model.dtype_name(dtype)}, into the {s.merge.method} base weights): {out}")
     return 0

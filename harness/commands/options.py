@@ -10,6 +10,7 @@ from harness.config import (
     ConfigError,
     GenerationConfig,
     LoraSettings,
+    MergeConfig,
     RunSettings,
     build,
     data_config,
@@ -18,7 +19,7 @@ from harness.config import (
     train_config,
 )
 
-TABLES = ("train", "lora", "data", "generation", "eval")
+TABLES = ("train", "lora", "data", "merge", "generation", "eval")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +29,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--dataset", default=None, help="'bundled' (default), a Hub dataset id, a folder or a data file")
     add("--max-steps", type=int, default=None, help="QLoRA training steps (default: the base's preset)")
     add("--config", type=Path, default=None,
-        help="a TOML file with [train], [lora], [data], [generation] and [eval] tables (default: none)")
+        help="a TOML file with [train], [lora], [data], [merge], [generation] and [eval] tables (default: none)")
     add("--artifacts-dir", type=Path, default=Path(".hearts-cache"),
         help="cache for stand-ins, adapters and merged models (default: ./.hearts-cache)")
     add("--retrain", action="store_true", help="train again even when the cache has this adapter")
+    add("--merge-method", choices=["dequantized", "original"], default=None,
+        help="merge into the dequantised NF4 weights the adapter was trained on (default) or the original ones")
 
 
 def settings(args: argparse.Namespace) -> RunSettings:
@@ -41,6 +44,7 @@ def settings(args: argparse.Namespace) -> RunSettings:
         train=train_config(base, tables["train"], max_steps=args.max_steps),
         lora=build(LoraSettings, tables["lora"]),
         data=data_config(base, tables["data"], source=args.dataset),
+        merge=build(MergeConfig, tables["merge"], method=args.merge_method),
         generation=build(GenerationConfig, tables["generation"]),
         eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
                          with_adapter=False if getattr(args, "skip_adapter", False) else None),
