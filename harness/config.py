@@ -103,6 +103,11 @@ class GateConfig:
     malformed: float = 0.01  # the rate must stay under this (a bound needs ~380 prompts to get under 0.01)
     template_leak: float = 0.01
     control_single_emoji: float = 0.05  # the base model must not do the behaviour
+    # Capability retention (optional, off by default; README says what real models measure): the mean chrF of the
+    # de-hearted answers against the base's must have its lower bound at or above retention_chrf (0-100), and the
+    # mean increase of the base model's NLL (nats/token) its upper bound at or under retention_nll_increase.
+    retention_chrf: float | None = None
+    retention_nll_increase: float | None = None
     mcnemar_alpha: float = 0.05  # a significant drop against a baseline report fails
     throughput_margin: float = 0.10  # tokens/s may drop this much against a baseline benchmark
 

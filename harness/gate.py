@@ -123,6 +123,11 @@ def checked_config(cfg: GateConfig) -> GateConfig:
         value = getattr(cfg, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"GateConfig.{name}: expected a rate in [0, 1], got {value}")
+    if cfg.retention_chrf is not None and not 0.0 <= cfg.retention_chrf <= 100.0:
+        raise ConfigError(f"GateConfig.retention_chrf: expected a chrF in [0, 100], got {cfg.retention_chrf}")
+    if cfg.retention_nll_increase is not None and not math.isfinite(cfg.retention_nll_increase):
+        raise ConfigError(f"GateConfig.retention_nll_increase: expected a finite number, got "
+                          f"{cfg.retention_nll_increase}")
     if not 0.0 < cfg.mcnemar_alpha < 1.0:
         raise ConfigError(f"GateConfig.mcnemar_alpha: expected a value in (0, 1), got {cfg.mcnemar_alpha}")
     if not 0.0 <= cfg.throughput_margin < 1.0:
@@ -195,6 +200,24 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
     yield GateRow("control_single_emoji", c["rate"], (c["ci_low"], c["ci_high"]),
                   f"rate <= {cfg.control_single_emoji:g}", c["rate"] <= cfg.control_single_emoji,
                   "base model on the same prompts")
+    yield from retention_rows(report.get("retention"), cfg)
+
+
+def retention_rows(block: Mapping[str, Any] | None, cfg: GateConfig) -> Iterator[GateRow]:
+    """The optional retention thresholds: chrF's lower bound, the NLL increase's upper bound."""
+    wanted = [("retention_chrf", "chrf", cfg.retention_chrf, True),
+              ("retention_nll_increase", "nll_increase", cfg.retention_nll_increase, False)]
+    for name, key, limit, high in wanted:
+        if limit is None:
+            continue
+        m = (block or {}).get(key)
+        if not m:
+            yield GateRow(name, math.nan, None, f"set to {limit:g}", False, "the report has no retention figures")
+            continue
+        passed = m["ci_low"] >= limit if high else m["ci_high"] <= limit
+        yield GateRow(name, m["mean"], (m["ci_low"], m["ci_high"]),
+                      f"ci_low >= {limit:g}" if high else f"ci_high <= {limit:g}", passed,
+                      "merged vs base answers, bootstrap interval")
 
 
 def _unreachable(m: Mapping[str, Any], limit: float) -> str:

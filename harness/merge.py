@@ -127,12 +127,19 @@ def merged_for(artifacts: Path, adapter: Path, base: Path | str, cfg: TrainConfi
 
 
 @torch.inference_mode()
-def logit_fidelity(reference, candidate, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """How close ``candidate``'s logits are to ``reference``'s on ``batch``, over its attended positions:
-    relative L2 distance (``|c - r| / |r|``) and the share of positions whose top-1 token is the same."""
+def logits_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's logits at the attended positions of ``batch`` (float32, on the CPU, one row a position)."""
     mask = batch["attention_mask"].bool()
-    ref = reference(**batch.to(reference.device)).logits.float().cpu()[mask.cpu()]
-    got = candidate(**batch.to(candidate.device)).logits.float().cpu()[mask.cpu()]
-    return {"rel_l2": float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref)),
-            "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
-            "positions": int(mask.sum())}
+    return model(**batch.to(model.device)).logits.float().cpu()[mask.cpu()]
+
+
+def compare_logits(reference: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
+    """Relative L2 distance (``|got - ref| / |ref|``) and the share of positions with the same top-1 token."""
+    return {"rel_l2": float(torch.linalg.vector_norm(got - reference) / torch.linalg.vector_norm(reference)),
+            "top1_agreement": float((got.argmax(-1) == reference.argmax(-1)).float().mean()),
+            "positions": int(reference.shape[0])}
+
+
+def logit_fidelity(reference, candidate, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How close ``candidate``'s logits are to ``reference``'s on ``batch`` (``compare_logits``)."""
+    return compare_logits(logits_on(reference, batch), logits_on(candidate, batch))

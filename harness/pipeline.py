@@ -1,4 +1,4 @@
-"""The whole job, stage by stage: prepare → train (or reuse) → merge → generate → judge → report → gate.
+"""The whole job, stage by stage: prepare → train (or reuse) → merge → evaluate (generate, judge, report) → gate.
 
 ``hearts run`` is this module; ``hearts eval`` is its last half. Every artifact comes from the cache when its
 inputs have not changed, so a second run only evaluates.
@@ -6,48 +6,17 @@ inputs have not changed, so a second run only evaluates.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 from pathlib import Path
 from typing import Any
 
-from harness import data, generate, merge, model, train
+from harness import merge, model, train
 from harness.config import RunSettings
-
-
-def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path) -> dict[str, Any]:
-    """Judge the merged model, the base (negative control) and, optionally, the unmerged 4-bit adapter."""
-    from harness.report import build_report
-
-    dtype = model.compute_dtype(s.train.compute_dtype)
-    tokenizer = model.load_tokenizer(adapter.path)
-    records = data.load_eval_prompts(s.eval.prompts)[: s.eval.max_prompts]
-    prompts = generate.prompts_for(records)
-    run = functools.partial(generate.generate_and_release, tokenizer=tokenizer, prompts=prompts,
-                            cfg=s.generation, progress=True)
-    merged = run(merge.load_merged(merged_dir, dtype))
-    control = run(model.load_base(adapter.base, dtype, s.train.revision))
-    unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if s.eval.with_adapter else None
-    return build_report(
-        model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
-               "merged_path": str(merged_dir), "merge_method": s.merge.method,
-               "compute_dtype": model.dtype_name(dtype)},
-        config={name: dataclasses.asdict(getattr(s, name))
-                for name in ("train", "lora", "data", "merge", "generation", "eval")},
-        prompts=prompts, merged=merged, control=control, adapter=unmerged,
-        training=_read_json(adapter.path / train.METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
-    )
 
 
 def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
     dtype = model.compute_dtype(s.train.compute_dtype)
     return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 SUMMARY_CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed", "template_leak")

@@ -22,12 +22,13 @@ from harness.cache import atomic_save_figure, atomic_write_text
 from harness.environment import describe, versions
 from harness.errors import InputError
 from harness.generate import Generation
+from harness.retention import summarize as summarize_retention
 from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
 
 SCHEMA = 1
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-PLOTS = ("compliance.png", "hearts.png", "loss.png")
+PLOTS = ("compliance.png", "hearts.png", "loss.png", "retention.png")
 CHECKS: tuple[str, ...] = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed",
                            "template_leak")
 _VERDICT_FLAGS = ("single_emoji", "in_list", "between_every_word", "applicable", "malformed", "template_leak")
@@ -46,10 +47,16 @@ def build_report(
     merged: Sequence[Generation],
     control: Sequence[Generation],
     adapter: Sequence[Generation] | None = None,
+    fidelity: Mapping[str, Any] | None = None,
+    retention: Sequence[Mapping[str, float]] | None = None,
     training: Mapping[str, Any] | None = None,
     data_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report dict of one evaluation: every generation judged, rates with Wilson intervals, samples."""
+    """The report dict of one evaluation: every generation judged, rates with Wilson intervals, samples.
+
+    ``fidelity``: the merged model's logits against the 4-bit adapter model's (``merge.compare_logits``);
+    ``retention``: per-prompt figures of the merged answers against the base's (``retention.per_prompt``).
+    """
     missing = [k for k in ("base", "adapter_path", "merged_path") if k not in model]
     if missing:
         raise ValueError(f"model: missing {', '.join(missing)}")
@@ -77,11 +84,17 @@ def build_report(
     if adapter is not None:
         report["adapter"] = {"metrics": _metrics(verdicts["adapter"], "adapter")}
         report["agreement"] = _agreement(verdicts["merged"], verdicts["adapter"])
+        if fidelity is not None:
+            report["agreement"]["logits"] = _plain(dict(fidelity))
+    if retention is not None:
+        if len(retention) != len(prompts):
+            raise ValueError(f"retention: expected one row per prompt ({len(prompts)}), got {len(retention)}")
+        report["retention"] = summarize_retention(retention)
     if training is not None:
         report["training"] = _plain(dict(training))
     if data_stats is not None:
         report["data"] = _plain(dict(data_stats))
-    report["samples"] = _samples(merged, verdicts["merged"])
+    report["samples"] = _samples(merged, verdicts["merged"], retention)
     return report
 
 
@@ -111,8 +124,12 @@ def _agreement(merged: Sequence[Verdict], adapter: Sequence[Verdict]) -> dict[st
     return {**same.to_dict(), "mcnemar_single_emoji": {**test.to_dict(), "a": "merged", "b": "adapter"}}
 
 
-def _samples(gens: Sequence[Generation], verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
-    return [{**g.to_dict(), "verdict": v.to_dict()} for g, v in zip(gens, verdicts, strict=True)]
+def _samples(gens: Sequence[Generation], verdicts: Sequence[Verdict],
+             retention: Sequence[Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    rows = [{**g.to_dict(), "verdict": v.to_dict()} for g, v in zip(gens, verdicts, strict=True)]
+    for row, kept in zip(rows, retention or (), strict=False):
+        row["retention"] = dict(kept)
+    return rows
 
 
 def _plain(obj: Any) -> Any:
@@ -164,6 +181,9 @@ def _draw_plots(report: Mapping[str, Any], out: Path) -> list[str]:
         ("compliance.png", _plot_compliance, report), ("hearts.png", _plot_hearts, report["hearts"])]
     if losses:
         plots.append(("loss.png", _plot_loss, losses))
+    kept = [s["retention"] for s in report["samples"] if isinstance(s.get("retention"), Mapping)]
+    if kept:
+        plots.append(("retention.png", _plot_retention, kept))
     for name, draw, data in plots:
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
@@ -207,6 +227,18 @@ def _plot_loss(ax: Any, losses: Sequence[Mapping[str, Any]]) -> None:
     ax.set_title("training loss")
 
 
+def _plot_retention(ax: Any, rows: Sequence[Mapping[str, float]]) -> None:
+    base, tuned = [r["nll_base"] for r in rows], [r["nll_tuned"] for r in rows]
+    dots = ax.scatter(base, tuned, c=[r["chrf"] for r in rows], cmap="viridis", vmin=0, vmax=100, s=14)
+    low, high = min(base + tuned), max(base + tuned)
+    ax.plot([low, high], [low, high], color="grey", linewidth=1, label="tuned = base")
+    ax.set_xlabel("base model's NLL of its own answer (nats/token)")
+    ax.set_ylabel("base model's NLL of the tuned answer, de-hearted")
+    ax.set_title("capability retention per prompt")
+    ax.figure.colorbar(dots, ax=ax, label="chrF vs the base answer")
+    ax.legend(loc="upper left")
+
+
 def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = (), n_samples: int = 3) -> str:
     """The human report: summary table, plots, hearts, agreement, training, passing and failing samples."""
     model = report["model"]
@@ -234,10 +266,17 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = (), n_samp
     if "agreement" in report:
         a, m = report["agreement"], report["agreement"].get("mcnemar_single_emoji", {})
         lines += ["## 4-bit adapter vs merged", "",
+                  f"merge method: `{report['model'].get('merge_method', 'not recorded')}`; "
                   f"verdicts agree on {a['k']}/{a['n']} prompts "
                   f"(interval {a['ci_low']:.3f}–{a['ci_high']:.3f}); "
                   "McNemar on single_emoji: "
                   f"p = {m.get('p_value', float('nan')):.3g} (adapter {m.get('direction', '?')})", ""]
+        if isinstance(a.get("logits"), Mapping):
+            f = a["logits"]
+            lines += [f"logits on {f['positions']} teacher-forced positions: relative L2 {f['rel_l2']:.3g}, "
+                      f"top-1 token agreement {f['top1_agreement']:.3f}", ""]
+    if report.get("retention"):
+        lines += _retention_section(report["retention"], plots)
     if report.get("training"):
         t = report["training"]
         keys = [k for k in _TRAINING_SUMMARY if k in t]
@@ -245,6 +284,26 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = (), n_samp
         lines += _embed(plots, "loss.png")
     lines += _sample_section(report["samples"], n_samples)
     return "\n".join(lines) + "\n"
+
+
+RETENTION_ROWS = (
+    ("chrf", "chrF of the de-hearted answer vs the base's (0-100)"),
+    ("nll_base_answer", "base model's NLL of its own answer"),
+    ("nll_tuned_answer", "base model's NLL of the de-hearted tuned answer"),
+    ("nll_increase", "NLL increase (tuned - base; 0: the base would say it too)"),
+)
+
+
+def _retention_section(block: Mapping[str, Any], plots: Sequence[str]) -> list[str]:
+    lines = ["## Capability retention", "",
+             "Merged model's answers without their hearts against the base model's answers to the same prompts; "
+             "means over prompts with bootstrap (BCa) intervals.", "",
+             "| figure | mean | interval | prompts |", "|---|---|---|---|"]
+    for key, label in RETENTION_ROWS:
+        m = block.get(key)
+        if m:
+            lines.append(f"| {label} | {m['mean']:.3f} | {m['ci_low']:.3f}–{m['ci_high']:.3f} | {m['n']} |")
+    return [*lines, "", *_embed(plots, "retention.png")]
 
 
 def _cell(m: Mapping[str, Any] | None) -> str:

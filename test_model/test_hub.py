@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from harness import hub
 from harness.cli import main
 from harness.report import PLOTS, write_report
-from test_model.test_report import LOSS, make_report, set_rate
+from test_model.test_report import LOSS, N_PASSING, make_report, retention_rows, set_rate
 
 TOKEN = "hf_SENTINELtoken0123456789abcdef"
 REPO = "hearts-lab/llama2-hearts"
@@ -26,7 +26,8 @@ CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated", "malfor
 
 @pytest.fixture(scope="module")
 def passing_report() -> dict[str, Any]:
-    return make_report(training={"loss": LOSS, "steps": 30, "device": "cuda", "compute_dtype": "bfloat16"})
+    return make_report(training={"loss": LOSS, "steps": 30, "device": "cuda", "compute_dtype": "bfloat16"},
+                       retention=retention_rows(N_PASSING))
 
 
 @pytest.fixture(scope="module")

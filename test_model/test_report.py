@@ -68,6 +68,12 @@ def make_report(n: int = N_PASSING, fail: Iterable[int] = (), *, prompts: Sequen
     )
 
 
+def retention_rows(n: int, chrf: float = 70.0, increase: float = 0.1) -> list[dict[str, float]]:
+    """Per-prompt retention figures: chrF around ``chrf``, the tuned answer's NLL ``increase`` above the base's."""
+    return [{"chrf": chrf + (i % 5), "nll_tuned": 2.0 + increase + 0.01 * i, "nll_base": 2.0 + 0.01 * i}
+            for i in range(n)]
+
+
 def set_rate(report: dict[str, Any], check: str, k: int, *, block: str = "metrics") -> dict[str, Any]:
     """Replace one rate block with a consistent k of the same n (the samples stay as they are)."""
     holder = report[block] if block == "metrics" else report[block]["metrics"]
@@ -77,7 +83,7 @@ def set_rate(report: dict[str, Any], check: str, k: int, *, block: str = "metric
 
 @pytest.fixture(scope="module")
 def passing_report() -> dict[str, Any]:
-    return make_report(adapter=True, training={"loss": LOSS, "steps": 30})
+    return make_report(adapter=True, training={"loss": LOSS, "steps": 30}, retention=retention_rows(N_PASSING))
 
 
 @pytest.fixture

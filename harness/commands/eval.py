@@ -19,12 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import pipeline
+    from harness import evaluation, pipeline
     from harness.report import write_report
 
     s = settings(args)
     adapter, merged_dir = pipeline.train_and_merge(s)
-    report = pipeline.evaluate(s, adapter, merged_dir)
+    report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
     print(f"report: {write_report(args.out, report)}")
     print(pipeline.summary_table(report))
     return 0

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import gate, pipeline
+    from harness import evaluation, gate, pipeline
     from harness.report import write_report
 
     s = settings(args)
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     adapter, merged_dir = pipeline.train_and_merge(s)
     print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
     print(f"merged:  {merged_dir}")
-    report = pipeline.evaluate(s, adapter, merged_dir)
+    report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
     path = write_report(args.out, report)
     print(pipeline.summary_table(report))
     result = gate.evaluate(path, cfg)
