@@ -139,3 +139,13 @@ def atomic_save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def content_digest(folder: Path) -> str:
+    """Content hash of a folder: from its manifest's file hashes when the cache built it (no re-reading of
+    gigabytes of weights), else from every file's bytes."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return dir_fingerprint(Path(folder))
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ class Generation:
     response: str
     new_tokens: int
     terminated: bool  # EOS reached within max_new_tokens
+    seed: int | None = None  # sampled: this answer's own seed (generate([prompt], seeds=[seed]) gives it again)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -50,11 +52,25 @@ def prompts_for(records: Sequence[dict[str, Any]]) -> list[str]:
     return [build_prompt(r["instruction"], r.get("context")) for r in records]
 
 
+def sample_seed(seed: int, prompt: str, k: int) -> int:
+    """The seed of the ``k``-th sampled answer to ``prompt``: fixed by (run seed, prompt, k), not by batching."""
+    digest = hashlib.sha256(f"{seed}\x00{k}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64, as torch.Generator takes
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
-             progress: bool = False) -> list[Generation]:
-    """Generate one response per prompt, returned in the prompts' order."""
+             progress: bool = False, seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Generate one response per prompt, returned in the prompts' order.
+
+    Sampling (``cfg.do_sample``) draws each answer with its own generator, seeded by ``seeds`` (default: the
+    first ``sample_seed`` of each prompt), so an answer does not depend on what it was batched with.
+    """
     cfg = cfg or GenerationConfig()
+    if cfg.do_sample and seeds is None:
+        seeds = [sample_seed(cfg.seed, p, 0) for p in prompts]
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
     cache = resolve_cache(cfg.cache, model)
     if not prompts:
         return []
@@ -69,11 +85,13 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     for batch in tqdm(batches, desc="generate", disable=not progress):
         chunk = [prompts[i] for i in batch]
         enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
-        out = model.generate(**enc, **_sampling(cfg), **decoding, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
+        rows = None if seeds is None or not cfg.do_sample else [seeds[i] for i in batch]
+        out = model.generate(**enc, **_sampling(cfg, rows, model.device), **decoding,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :]
         for i, row in zip(batch, new, strict=True):
-            results.setdefault(i, _one(prompts[i], row, tokenizer))  # a repeat filling the batch is dropped
+            seed = None if rows is None else seeds[i]  # type: ignore[index]
+            results.setdefault(i, _one(prompts[i], row, tokenizer, seed))  # a repeat filling a batch is dropped
     return [results[i] for i in range(len(prompts))]
 
 
@@ -153,14 +171,43 @@ def _decoding(cfg: GenerationConfig, cache: str, positions: int) -> dict[str, An
     return kwargs
 
 
-def _sampling(cfg: GenerationConfig) -> dict[str, Any]:
-    if not cfg.do_sample:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    torch.manual_seed(cfg.seed)  # seeded sampling: the same seed gives the same answers
-    return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+def _sampling(cfg: GenerationConfig, seeds: Sequence[int] | None, device: torch.device) -> dict[str, Any]:
+    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if seeds is None:
+        return greedy
+    from transformers import LogitsProcessorList
+
+    # The draw is made by RowSampler, which leaves one finite score per row for greedy selection to take.
+    return {**greedy, "logits_processor": LogitsProcessorList([RowSampler(seeds, cfg.temperature, cfg.top_p,
+                                                                          device)])}
 
 
-def _one(prompt: str, row: torch.Tensor, tokenizer) -> Generation:
+class RowSampler:
+    """Temperature + nucleus (top-p) sampling with one seeded generator per row, as a logits processor.
+
+    transformers' own sampling draws every row from one global generator, so an answer depends on its batch
+    mates; here row ``i``'s token depends only on its logits and ``seeds[i]``. Each step draws one uniform per
+    row and inverts the row's nucleus CDF (sorted stably, so ties cannot reorder between runs).
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass ranked above each token
+        sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)  # the top token always stays
+        cdf = sorted_probs.cumsum(-1)
+        draws = torch.stack([torch.rand((), generator=g, device=scores.device) for g in self.generators])
+        rank = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
+        token = order.gather(-1, rank)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(-1, token, 0.0)
+
+
+def _one(prompt: str, row: torch.Tensor, tokenizer, seed: int | None = None) -> Generation:
     eos = tokenizer.eos_token_id
     ids = row.tolist()
     terminated = eos in ids
@@ -168,7 +215,8 @@ def _one(prompt: str, row: torch.Tensor, tokenizer) -> Generation:
         ids = ids[: ids.index(eos)]
     ids = [i for i in ids if i != tokenizer.pad_token_id]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    return Generation(prompt=prompt, response=text, new_tokens=len(ids) + int(terminated), terminated=terminated)
+    return Generation(prompt=prompt, response=text, new_tokens=len(ids) + int(terminated), terminated=terminated,
+                      seed=seed)
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ from harness.errors import InputError
 log = logging.getLogger(__name__)
 
 STANDINS = ("tiny", "llama2-7b-shape")
+NAMED_BASES = (*STANDINS, "smollm2-135m")  # built here, or converted from the GGUF a package ships
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -51,12 +52,21 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def resolve_base(name: str, artifacts: Path) -> Path | str:
-    """A stand-in name → its cached folder (built on first use); a path → checked path; else a Hub id."""
+    """A named base → its cached folder (built or converted on first use); a ``.gguf`` file → its converted
+    folder; a folder → checked path; else a Hub id."""
     if name in STANDINS:
         from harness.standin import shape_7b_base, tiny_base
 
         return tiny_base(artifacts) if name == "tiny" else shape_7b_base(artifacts)
+    if name in NAMED_BASES:
+        from harness.gguf import gguf_base, packaged_gguf
+
+        return gguf_base(packaged_gguf(name), artifacts)
     path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        from harness.gguf import gguf_base
+
+        return gguf_base(path, artifacts)
     if path.exists():
         if not (path / "config.json").is_file():
             raise InputError(f"base model {name!r}: folder has no config.json")
@@ -69,7 +79,7 @@ def resolve_base(name: str, artifacts: Path) -> Path | str:
 def base_fingerprint(name: str, resolved: Path | str, revision: str | None) -> dict[str, Any]:
     """What identifies the base weights in a cache key: content hash for a folder, id + revision otherwise."""
     if isinstance(resolved, Path):
-        return {"base": name, "content": cache.dir_fingerprint(resolved)}
+        return {"base": name, "content": cache.content_digest(resolved)}
     return {"base": name, "revision": revision or "main"}
 
 

@@ -58,3 +58,12 @@ def test_the_kv_cache_of_a_sequence_is_keys_and_values_of_every_layer():
     # Llama-2-7B (no GQA): 0.5 MiB per position in fp16.
     llama = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, hidden_size=4096)
     assert kv_cache_bytes(llama, 1, 2) == 2**19
+
+
+@given(st.integers(0, 2**31), st.text(max_size=40), st.integers(0, 50))
+def test_a_sample_seed_is_fixed_by_seed_prompt_and_index(seed, prompt, k):
+    from harness.generate import sample_seed
+
+    assert sample_seed(seed, prompt, k) == sample_seed(seed, prompt, k)
+    assert 0 <= sample_seed(seed, prompt, k) < 2**63
+    assert sample_seed(seed, prompt, k) != sample_seed(seed, prompt, k + 1)

@@ -140,6 +140,28 @@ def test_seeded_sampling_is_reproducible(merged_model, tokenizer, prompt_texts):
     assert [g.response for g in first] == [g.response for g in second]
 
 
+def test_a_sampled_answer_is_regenerated_alone_from_its_recorded_seed(merged_model, tokenizer, prompt_texts):
+    cfg = GenerationConfig(max_new_tokens=24, do_sample=True, temperature=1.2, top_p=0.95, seed=3)
+    batched = generate.generate(merged_model, tokenizer, prompt_texts[:6], cfg)
+    assert all(g.seed is not None for g in batched)
+    for g in batched[:3]:
+        [alone] = generate.generate(merged_model, tokenizer, [g.prompt], cfg, seeds=[g.seed])
+        assert alone.response == g.response and alone.seed == g.seed
+    other = generate.generate(merged_model, tokenizer, prompt_texts[:6], GenerationConfig(
+        max_new_tokens=24, do_sample=True, temperature=1.2, top_p=0.95, seed=4))
+    assert [g.response for g in other] != [g.response for g in batched]  # the seed matters
+    greedy = generate.generate(merged_model, tokenizer, prompt_texts[:6], GenerationConfig(max_new_tokens=24))
+    assert [g.response for g in greedy] != [g.response for g in batched] and greedy[0].seed is None
+
+
+def test_a_tiny_nucleus_samples_the_greedy_answer(merged_model, tokenizer, prompt_texts):
+    # top_p -> 0 keeps only the most likely token: sampling must then reproduce greedy decoding exactly.
+    greedy = generate.generate(merged_model, tokenizer, prompt_texts[:4], GenerationConfig(max_new_tokens=24))
+    narrow = generate.generate(merged_model, tokenizer, prompt_texts[:4], GenerationConfig(
+        max_new_tokens=24, do_sample=True, temperature=1.0, top_p=1e-6, seed=9))
+    assert [g.response for g in narrow] == [g.response for g in greedy]
+
+
 def test_min_new_tokens_makes_every_row_decode_the_same_work(merged_model, tokenizer, prompt_texts):
     # What the generation benchmarks rely on: the stand-in answers stop after ~80 tokens; a round must not.
     out = generate.generate(merged_model, tokenizer, prompt_texts[:4],
