@@ -7,6 +7,7 @@ Only the network boundary is replaced: ``HfApi.create_repo`` and ``HfApi.upload_
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ def build_release(root: Path, written: Path) -> dict[str, Path]:
     model.mkdir()
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json"):
-        (model / name).write_text(f"{name} of the merged model")
+        text = f"{name} of the merged model"  # the JSON files must parse: the upload checks them
+        (model / name).write_text(json.dumps({"about": text}) if name.endswith(".json") else text)
     (model / "training_args.bin").write_bytes(b"pickle")  # never released
     (model / "manifest.json").write_text("{}")  # the cache's bookkeeping, not the model's
     adapter.mkdir()
