@@ -30,8 +30,10 @@ def evaluate(s: RunSettings, adapter: train.TrainedAdapter, merged_dir: Path, *,
     control = run(model.load_base(adapter.base, dtype, s.train.revision))
     unmerged = run(merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)) if with_adapter else None
     return build_report(
-        model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
-               "merged_path": str(merged_dir), "compute_dtype": model.dtype_name(dtype)},
+        # absolute: `hearts upload` reads these from wherever the report is, not from where eval ran
+        model={"base": s.train.base_model, "base_resolved": _absolute(adapter.base),
+               "adapter_path": _absolute(adapter.path), "merged_path": _absolute(merged_dir),
+               "compute_dtype": model.dtype_name(dtype)},
         config={name: dataclasses.asdict(getattr(s, name)) for name in ("train", "lora", "data", "generation")},
         prompts=prompts, merged=merged, control=control, adapter=unmerged,
         training=_read_json(adapter.path / train.METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
@@ -42,6 +44,10 @@ def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
     dtype = model.compute_dtype(s.train.compute_dtype)
     return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, dtype, s.train.revision)
+
+
+def _absolute(path: Path | str) -> str:
+    return str(path.resolve()) if isinstance(path, Path) else path  # a Hub id stays as it is
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
