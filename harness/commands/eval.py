@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from harness.commands.options import add_model_options, settings
+from harness import inputs
+from harness.commands.options import add_model_options, check_prompts, check_runtime, protected, settings
 
 HELP = "generate on the held-out prompts and write report.json + report.md with plots"
+KIND = "report"  # the marker kind of a report folder: a later eval or run may replace it, nothing else
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and plots")
-    parser.add_argument("--prompts", default="bundled", help="evaluation prompts: 'bundled' (default) or a file")
+    parser.add_argument("--out", type=inputs.path_arg, required=True,
+                        help="folder for report.json, report.md and plots (new, empty, or an earlier report)")
+    parser.add_argument("--prompts", default="bundled", type=inputs.text_arg,
+                        help="evaluation prompts: 'bundled' (default) or a file")
     parser.add_argument("--skip-adapter", action="store_true",
                         help="do not also judge the unmerged 4-bit adapter (default: judge it, for agreement)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import pipeline
-    from harness.report import write_report
+    from harness.staging import check_out_dir
 
     s = settings(args)
+    guard = protected(s, prompts=args.prompts, config=args.config)
+    check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
+    check_prompts(args.prompts)
+    check_runtime(s)
+
+    from harness import pipeline
+    from harness.report import REPORT_JSON, write_report
+    from harness.staging import replace_dir
+
     adapter, merged_dir = pipeline.train_and_merge(s)
     report = pipeline.evaluate(s, adapter, merged_dir, prompts_source=args.prompts,
                                with_adapter=not args.skip_adapter)
-    print(f"report: {write_report(args.out, report)}")
+    out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
+                      protect=guard)
+    print(f"report: {out / REPORT_JSON}")
     print(pipeline.summary_table(report))
     return 0
