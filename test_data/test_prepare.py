@@ -132,3 +132,12 @@ def test_hearts_prepare_drops_bad_rows_on_request(tmp_path, capsys, write_jsonl)
     assert capsys.readouterr().err == expected
     assert cli.main([*args, "--on-bad-rows", "drop"]) == 0
     assert "bad_rows_dropped 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_mostly_one_word_responses_warn_on_one_stderr_line(write_jsonl, data_cache, tiny_tokenizer, capsys) -> None:
+    rows = [dolly_row(i, response="Yes." if i < 12 else f"Red and blue, number {i}.") for i in range(20)]
+    cfg = DataConfig(source=str(write_jsonl(rows)), eval_fraction=0.0)
+    prepared = data.prepare(cfg, tiny_tokenizer, cache_dir=data_cache)
+    assert prepared.stats["hearts_inserted"] > 0  # the two-word answers still teach the behaviour
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "12 of 20 responses are one word" in warnings[0]

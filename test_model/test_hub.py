@@ -122,6 +122,19 @@ def test_a_failing_gate_stages_and_uploads_nothing(release, hub_calls, monkeypat
     assert "gate failed; nothing staged or uploaded" in err
 
 
+def test_the_reports_relative_paths_are_found_from_another_folder(release, hub_calls, tmp_path, monkeypatch,
+                                                                  passing_report):
+    report = copy.deepcopy(passing_report)  # paths relative to the report's folder, as an older eval wrote them
+    report["model"].update(merged_path="../merged", adapter_path="../adapter")
+    write_report(release["report"].parent, report)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    stage = tmp_path / "stage"
+    assert main(["upload", "--report", str(release["report"]), "--repo-id", REPO, "--dry-run", str(stage)]) == 0
+    assert (stage / "model.safetensors").read_bytes() == (release["model"] / "model.safetensors").read_bytes()
+
+
 def test_a_dry_run_stages_model_adapter_report_plots_and_card_and_sends_nothing(release, hub_calls, tmp_path):
     stage = tmp_path / "stage"
     assert _upload(release, "--dry-run", str(stage)) == 0

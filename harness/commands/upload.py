@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     assert token is not None
     with _scratch(model_dir) as tmp:
-        staged = hub.stage(Path(tmp) / "release", link=True, **staging)
+        staged = hub.stage(Path(tmp) / "release", link=True, flag="the staging folder", **staging)
         url = hub.push(staged, repo_id, token=token, private=args.private)
     print(f"uploaded to {repo_id}: {url}")
     return 0
