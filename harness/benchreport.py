@@ -14,7 +14,6 @@ Benchmarks are matched by ``name`` (as ``harness.gate.load_bench`` does). For ea
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 from harness.cache import atomic_save_figure, atomic_write_text
 from harness.errors import InputError
+from harness.inputs import check_out_file
+from harness.staging import output_errors
 
 TIME, RATE, MEMORY = "time", "rate", "memory"
 REGRESSION, IMPROVED, OK, INFO = "regression", "improved", "ok", "info"
@@ -115,19 +116,14 @@ def check_margin(margin: float) -> float:
 
 def load_run(path: str | Path) -> BenchRun:
     """A pytest-benchmark JSON: mean time, ``*_per_s`` and ``peak_*`` per benchmark; InputError when malformed."""
-    from harness.gate import load_bench
+    from harness.gate import bench_rates, read_bench
 
     src = str(path)
-    rates = load_bench(path)  # checks the file, the JSON, the 'benchmarks' list, names and every *_per_s
-    try:  # load_bench keeps only the rates; the same file, already checked, for the mean and memory
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{src}: cannot read ({err})") from None
+    data = read_bench(path)  # the file, the JSON, the 'benchmarks' list, unique names: read and checked once
+    rates = bench_rates(data, src)
     benchmarks: dict[str, Measured] = {}
     for i, bench in enumerate(data["benchmarks"]):
         name, where = bench["name"], f"{src}: benchmarks[{i}]"
-        if name in benchmarks:
-            raise InputError(f"{where}: name {name!r} appears twice (benchmarks are matched by name)")
         stats = bench.get("stats")
         mean = stats.get("mean") if isinstance(stats, dict) else None
         memory = {k: v for k, v in bench.get("extra_info", {}).items() if k.startswith(MEMORY_PREFIX)}
@@ -271,14 +267,21 @@ def _plot_panel(ax: Any, kind: str, title: str, rows: Sequence[Row], margin: flo
 
 def write_report(new: str | Path, old: str | Path, out: str | Path, margin: float) -> Comparison:
     """Compare two runs and write ``out`` (Markdown) and the plot beside it (same name, ``.png``)."""
+    out, png = check_out(out, (Path(new), Path(old)))
+    comparison = compare(load_run(new), load_run(old), check_margin(margin))
+    with output_errors("--out", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw_plot(comparison, png)  # first: the Markdown that shows it is written only once it exists
+        atomic_write_text(out, render_markdown(comparison, png.name))
+    return comparison
+
+
+def check_out(out: str | Path, inputs: tuple[Path, ...] = ()) -> tuple[Path, Path]:
+    """``--out`` (a .md path, not a folder, not an input) and the plot beside it."""
     out = Path(out)
     if out.suffix.lower() != ".md":
         raise InputError(f"--out {str(out)!r}: expected a Markdown file path ending in .md")
-    if out.is_dir():
-        raise InputError(f"--out {str(out)!r}: is a folder")
-    comparison = compare(load_run(new), load_run(old), check_margin(margin))
-    out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
-    draw_plot(comparison, png)  # first: the Markdown that shows it is written only once it exists
-    atomic_write_text(out, render_markdown(comparison, png.name))
-    return comparison
+    check_out_file(out, "--out", protect=inputs)
+    check_out_file(png, "--out's plot", protect=inputs)
+    return out, png

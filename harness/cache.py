@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.staging import swap_in
+
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
 
@@ -115,9 +117,7 @@ def cached(
         try:
             build(tmp)
             write_manifest(tmp, material)
-            if final.exists():
-                shutil.rmtree(final)  # stale, corrupt or --retrain: replaced only now that the new one is whole
-            os.replace(tmp, final)
+            swap_in(tmp, final)  # a stale, corrupt or --retrain entry is replaced only now the new one is whole
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -125,7 +125,7 @@ def cached(
 
 
 def _sweep_temps(folder: Path, key: str) -> None:
-    for leftover in folder.glob(f"{_TMP_PREFIX}{key}-*"):
+    for leftover in [*folder.glob(f"{_TMP_PREFIX}{key}-*"), *folder.glob(f"{_TMP_PREFIX}old-{key}-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from harness.errors import InputError
 
@@ -28,19 +30,42 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the harness's error shape: one line, ``hearts CMD: error: ...``, exit 2 (no usage block)."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # named by the subcommand that did not expect them, not by the top-level parser
+            where = self.commands.get(getattr(parsed, "command", None) or "", self)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hearts", description=__doc__.splitlines()[0])
+    parser = Parser(prog="hearts", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, module in COMMANDS:
         mod = importlib.import_module(f"harness.commands.{module}")
-        sp = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        sp = parser.commands[name] = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # bitsandbytes logs a notice about optional CPU kernels on import, which would come before a one-line error
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2, already printed as one line)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args._run(args) or 0)
     except (InputError, OSError) as err:
@@ -48,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 

@@ -7,18 +7,75 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.errors import InputError
+from harness.inputs import read_toml
 
 T = TypeVar("T")
+Rule = Callable[[Any], str | None]  # a value → what was expected, or None when it is fine
+MAX_INT = 2**31 - 1  # counts and sizes: beyond this torch, numpy or Arrow overflow before anything useful happens
+MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers' set_seed passes through
+STANDINS = ("tiny", "llama2-7b-shape")  # base models the harness builds itself (harness.standin)
+PACKAGED_BASES = ("smollm2-135m",)  # converted from the GGUF file a package ships (harness.gguf)
+FLAGS = {"source": "--dataset", "do_sample": "--sample"}  # CLI flags whose name is not the key's
 
 
 class ConfigError(InputError):
-    """A configuration key or value is not what the harness expects."""
+    """A configuration key or value is not what the harness expects.
+
+    ``key`` and ``problem`` let ``build`` restate a bad CLI value against its flag; ``flagged`` marks an
+    error already stated that way, so a caller does not prefix it with a config file's name.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, problem: str | None = None,
+                 flagged: bool = False) -> None:
+        super().__init__(message)
+        self.key, self.problem, self.flagged = key, problem, flagged
+
+
+def _int_in(low: int, high: int = MAX_INT, *, optional: bool = False) -> Rule:
+    def rule(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return None if ok else f"an integer in [{low}, {high}]" + (" or unset" if optional else "")
+    return rule
+
+
+def _number_in(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Rule:
+    def rule(value: Any) -> str | None:
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+            and above and below
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        return None if ok else f"a number in {interval}"
+    return rule
+
+
+def _one_of(*choices: str) -> Rule:
+    return lambda value: None if value in choices else f"one of {', '.join(choices)}"
+
+
+def _text(*, optional: bool = False) -> Rule:
+    def rule(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        return None if isinstance(value, str) and value.strip() else "a non-empty string"
+    return rule
+
+
+def _check(config: Any, rules: Mapping[str, Rule]) -> None:
+    """Raise ConfigError for the first field whose value its rule refuses."""
+    for key, rule in rules.items():
+        value = getattr(config, key)
+        expected = rule(value)
+        if expected is not None:
+            raise ConfigError(f"{type(config).__name__}.{key}: expected {expected}, got {value!r}", key=key,
+                              problem=f"expected {expected}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +92,13 @@ class DataConfig:
     overflow: str = "drop"  # a row over max_length is dropped, or "cut" at a word boundary (counted either way)
     max_words: int | None = None  # cut every response after this many words (stand-ins); None keeps them whole
 
+    def __post_init__(self) -> None:
+        _check(self, {"source": _text(), "split": _text(), "seed": _int_in(0, MAX_SEED),
+                      "eval_fraction": _number_in(0, 1, open_high=True), "max_length": _int_in(8),
+                      "on_bad_rows": _one_of("error", "drop"), "loss_on": _one_of("response", "all"),
+                      "max_rows": _int_in(1, optional=True), "overflow": _one_of("drop", "cut"),
+                      "max_words": _int_in(1, optional=True)})
+
 
 @dataclasses.dataclass(frozen=True)
 class LoraSettings:
@@ -43,6 +107,18 @@ class LoraSettings:
     dropout: float = 0.1
     target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer but lm_head
     bias: str = "none"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):  # a TOML array; the config is frozen and hashable
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check(self, {"r": _int_in(1), "alpha": _int_in(1), "dropout": _number_in(0, 1, open_high=True),
+                      "target_modules": _modules, "bias": _one_of("none", "all", "lora_only")})
+
+
+def _modules(value: Any) -> str | None:
+    names = (value,) if isinstance(value, str) else value
+    ok = isinstance(names, tuple) and names and all(isinstance(n, str) and n.strip() for n in names)
+    return None if ok else "'all-linear' or a list of module names"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +142,32 @@ class TrainConfig:
     # on 7B and an fp32 residual stream; 2.5 vs 4.2 samples/s on the H100 under the T4 profile)
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        _check(self, {"base_model": _text(), "revision": _text(optional=True), "quant_type": _one_of("nf4", "fp4"),
+                      "compute_dtype": _one_of("auto", "fp32", "fp16", "bf16"),
+                      "learning_rate": _number_in(0, 1, open_low=True), "lr_scheduler": _scheduler,
+                      "warmup_ratio": _number_in(0, 1, open_high=True),
+                      "max_grad_norm": _number_in(0, math.inf, open_low=True, open_high=True),
+                      "batch_size": _int_in(1), "grad_accum": _int_in(1), "max_steps": _int_in(1),
+                      "optimizer": _optimizer, "seed": _int_in(0, MAX_SEED)})
+
+
+def _scheduler(value: Any) -> str | None:
+    if value == "cosine":
+        return None  # the default: no need to import transformers to know it
+    from transformers.trainer_utils import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    return None if value in names else f"one of {', '.join(names)}"
+
+
+def _optimizer(value: Any) -> str | None:
+    if value == "auto":
+        return None
+    from transformers.training_args import OptimizerNames
+
+    return None if value in [o.value for o in OptimizerNames] else "'auto' or a transformers optimizer name"
+
 
 @dataclasses.dataclass(frozen=True)
 class MergeConfig:
@@ -85,6 +187,14 @@ class GenerationConfig:
     cache: str = "auto"  # auto: "static" (fixed-size KV cache, decode step compiled) for a plain model on CUDA,
     # "dynamic" otherwise (CPU, 4-bit: transformers cannot compile bitsandbytes' layers)
     min_new_tokens: int = 0  # benchmarks set it to max_new_tokens, so every round decodes the same work
+
+    def __post_init__(self) -> None:
+        rules = {"max_new_tokens": _int_in(1), "batch_size": _int_in(1), "top_p": _number_in(0, 1, open_low=True),
+                 "seed": _int_in(0, MAX_SEED), "cache": _one_of("dynamic", "static"),
+                 "min_new_tokens": _int_in(0, self.max_new_tokens if isinstance(self.max_new_tokens, int) else 0)}
+        if self.do_sample:  # greedy decoding ignores the temperature
+            rules["temperature"] = _number_in(0, math.inf, open_low=True, open_high=True)
+        _check(self, rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +247,13 @@ def build(cls: type[T], table: Mapping[str, Any] | None = None, **overrides: Any
                 raise ConfigError(f"{cls.__name__}: unknown key {key!r} (known: {known})")
             if value is not None:
                 values[key] = _coerce(cls.__name__, key, fields[key], value)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        if err.key is None or overrides.get(err.key) is None:
+            raise
+        flag = FLAGS.get(err.key, "--" + err.key.replace("_", "-"))
+        raise ConfigError(f"{flag} {overrides[err.key]}: {err.problem}", flagged=True) from None
 
 
 def _coerce(owner: str, key: str, field: dataclasses.Field, value: Any) -> Any:
@@ -152,6 +268,8 @@ def _coerce(owner: str, key: str, field: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{owner}.{key}: expected a finite number, got {value!r}")
         value = float(value)
+    elif field.type in ("str", str) and not isinstance(value, str):
+        raise ConfigError(f"{owner}.{key}: expected a string, got {value!r}")
     elif isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     return value
@@ -160,12 +278,9 @@ def _coerce(owner: str, key: str, field: dataclasses.Field, value: Any) -> Any:
 def load_toml(path: str | Path, table: str) -> dict[str, Any]:
     """The ``[table]`` of a TOML file (dotted names allowed, e.g. ``tool.hearts.gate``); {} when absent."""
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        data: Any = read_toml(path)
+    except InputError as err:
+        raise ConfigError(str(err)) from None
     for part in filter(None, table.split(".")):  # "" is the whole document
         data = data.get(part, {})
         if not isinstance(data, dict):

@@ -34,19 +34,18 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from harness import prompts, transform
+from harness import inputs, prompts, transform
 from harness.config import DataConfig
-from harness.errors import InputError
+from harness.errors import InputError, warn
 
 TRAIN_FILE = "train.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # inputs.DATA_SUFFIXES
 REQUIRED = ("instruction", "response")
 OPTIONAL = ("context", "category")
 COLUMNS = ("instruction", "context", "response", "category")  # output order of validate
 OVERFLOW = ("drop", "cut")
 SHOWN_BAD_ROWS = 5
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WORD = re.compile(r"\S+")
 TOKEN_FEATURES = {
     "input_ids": List(Value("int32")),
@@ -70,128 +69,85 @@ def resource(name: str) -> Path:
 def load_records(source: str = "bundled", split: str = "train", *, cache_dir: str | Path | None = None
                  ) -> Dataset:
     """The raw records of ``source``: "bundled", a Hub id, a local folder or .jsonl/.json/.parquet/.csv."""
-    return _load(source, split, cache_dir, resource(TRAIN_FILE))
+    return _load(source, split, cache_dir, resource(TRAIN_FILE))[0]
 
 
 def load_eval_prompts(source: str = "bundled", *, cache_dir: str | Path | None = None
                       ) -> list[dict[str, str]]:
     """The held-out prompts (instruction, context, category): validated like training rows, no response."""
-    raw = _load(source, "train", cache_dir, resource(EVAL_PROMPTS_FILE))
-    ds, _ = validate(raw, "error", required=("instruction",), label=f"eval prompts {source!r}")
+    label = f"eval prompts {source!r}"
+    raw, places = _load(source, "train", cache_dir, resource(EVAL_PROMPTS_FILE), label)
+    ds, _ = validate(raw, "error", required=("instruction",), label=label, places=places)
     return ds.select_columns(["instruction", "context", "category"]).to_list()
 
 
-def _load(source: str, split: str, cache_dir: str | Path | None, bundled: Path) -> Dataset:
-    kwargs = _load_kwargs(bundled if source == "bundled" else source, source, split)
+def _load(source: str, split: str, cache_dir: str | Path | None, bundled: Path, label: str | None = None
+          ) -> tuple[Dataset, inputs.Places | None]:
+    """The loaded split and, for a local file, where each row came from (see ``inputs.check_data_source``)."""
+    label = label or f"dataset {source!r}"
+    if not source.strip():  # Path("") is the current folder: never what an empty value meant
+        raise InputError(f"{label}: expected a name or a path, got an empty string")
+    kwargs, places = _load_kwargs(bundled if source == "bundled" else source, label, split)
     try:
-        with _quiet_loader_logs():
+        with _quiet_loader(local="data_files" in kwargs or Path(kwargs["path"]).is_dir()):
             ds = datasets.load_dataset(**kwargs, split=split,
                                        cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as err:  # any failure of a user's input is one line naming it, not a traceback
-        raise InputError(f"dataset {source!r}: {_read_problem(kwargs, err)}") from None
+        raise InputError(f"{label}: {_read_problem(kwargs, err)}") from None
     if not isinstance(ds, Dataset):
-        raise InputError(f"dataset {source!r}: expected one split, got {type(ds).__name__}")
-    return ds
+        raise InputError(f"{label}: expected one split, got {type(ds).__name__}")
+    return ds, places if places is not None and len(places) == len(ds) else None
 
 
-def _load_kwargs(target: str | Path, source: str, split: str) -> dict[str, Any]:
-    """``load_dataset`` arguments: builder + data_files for a file, the folder or Hub id otherwise."""
-    path = Path(target).expanduser()
+def _load_kwargs(target: str | Path, label: str, split: str) -> tuple[dict[str, Any], inputs.Places | None]:
+    """``load_dataset`` arguments: builder + data_files for a file, the folder or Hub id otherwise. Local files
+    are checked first (``inputs.check_dataset``): the loader crashes or misreports on rows it cannot take."""
+    path, places = inputs.check_dataset(str(target), label)
+    if path is None:
+        return {"path": str(target)}, None  # a Hub dataset id
     if path.is_dir():
-        return {"path": str(path)}
-    if path.is_file():
-        builder = BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise InputError(f"dataset {source!r}: unknown file type {path.suffix!r} "
-                             f"(expected {', '.join(BUILDERS)})")
-        return {"path": builder, "data_files": {split: str(path)}}
-    if _looks_like_path(str(target)):
-        raise InputError(f"dataset {source!r}: no such file")
-    return {"path": str(target)}  # a Hub dataset id
-
-
-def _looks_like_path(source: str) -> bool:
-    """A path, not a Hub id (``owner/name``): ./~ prefix, 2+ slashes, a backslash or a letters-only suffix.
-
-    ``data.jsonl`` and ``a/b/c`` are paths; ``databricks/databricks-dolly-15k`` and ``org/set-v1.2`` are ids.
-    """
-    suffix = Path(source).suffix
-    return (source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
-            or (suffix[1:].isalpha() and suffix[1:].isascii()) or not _HUB_ID.match(source))
+        return {"path": str(path)}, places
+    return {"path": BUILDERS[path.suffix.lower()], "data_files": {split: str(path)}}, places
 
 
 @contextlib.contextmanager
-def _quiet_loader_logs() -> Iterator[None]:
+def _quiet_loader(local: bool) -> Iterator[None]:
     # The packaged builders log a parse failure at ERROR before raising; we report it once, as InputError.
+    # A local file loads in a moment, so its progress bar is only noise before a possible one-line error.
     logger = logging.getLogger("datasets.packaged_modules")
-    level = logger.level
+    level, bars_off = logger.level, datasets.are_progress_bars_disabled()
     logger.setLevel(logging.CRITICAL)
+    if local:
+        datasets.disable_progress_bars()
     try:
         yield
     finally:
         logger.setLevel(level)
+        if local and not bars_off:
+            datasets.enable_progress_bars()
 
 
 def _read_problem(kwargs: dict[str, Any], err: BaseException) -> str:
-    """What is wrong with the input, in one line: the first bad JSON line if found, else the root cause."""
-    files = kwargs.get("data_files") or {}
-    for file in files.values():
-        path = Path(file)
-        with contextlib.suppress(OSError):
-            problem = _json_problem(path) if path.suffix.lower() in (".jsonl", ".json") else None
-            if problem:
-                return problem
+    """The root cause of a loader failure in one line (local files were checked before loading)."""
     root = err
     while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
         root = root.__cause__ or root.__context__  # type: ignore[assignment]
-    what = f"cannot be read as {kwargs['path']}" if files else "cannot be loaded"
+    what = f"cannot be read as {kwargs['path']}" if kwargs.get("data_files") else "cannot be loaded"
     detail = " ".join(str(root).split())[:300]
     return f"{what} ({type(root).__name__}: {detail})" if detail else f"{what} ({type(root).__name__})"
-
-
-def _json_problem(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        return f"not UTF-8 text (byte {err.start})"
-    if path.suffix.lower() == ".json":
-        try:
-            json.loads(text)
-            return None
-        except json.JSONDecodeError as err:
-            first = next((line for line in text.splitlines() if line.strip()), "")
-            if not _parses(first):  # a single JSON document, not JSON lines
-                return f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
-        if not isinstance(value, dict):
-            return f"line {number} is not a JSON object (got {type(value).__name__})"
-    return None
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------- validation
 
 
 def validate(ds: Dataset, on_bad_rows: str = "error", *, required: Sequence[str] = REQUIRED,
-             label: str = "dataset") -> tuple[Dataset, int]:
+             label: str = "dataset", places: Sequence[str] | None = None) -> tuple[Dataset, int]:
     """Check every row; return ``(clean dataset, rows dropped)``.
 
     ``required`` fields must be non-empty strings, ``context``/``category`` strings or null (null → ""). The
     result has the columns of ``COLUMNS`` that apply plus ``row``, the 0-based index in the source. With
     ``on_bad_rows="error"`` any bad row raises InputError listing the first few; ``"drop"`` drops and counts.
+    A bad row is named by ``places[row]`` (its source line) when given, else as "row N", counted from 1.
     """
     if on_bad_rows not in ("error", "drop"):
         raise InputError(f"on_bad_rows {on_bad_rows!r}: expected 'error' or 'drop'")
@@ -202,7 +158,7 @@ def validate(ds: Dataset, on_bad_rows: str = "error", *, required: Sequence[str]
     columns = [c for c in COLUMNS if c in required or c in OPTIONAL or c in ds.column_names]
     problems = _row_problems(ds, required, [c for c in OPTIONAL if c in ds.column_names])
     if problems and on_bad_rows == "error":
-        raise InputError(_bad_rows_message(label, problems))
+        raise InputError(_bad_rows_message(label, problems, places))
     features = Features({**{c: Value("string") for c in columns}, "row": Value("int64")})
     clean = _map(ds, _normalise_row, features, with_indices=True, fn_kwargs={"columns": columns},
                  remove_columns=ds.column_names,
@@ -235,8 +191,11 @@ def _field_problem(field: str, value: Any, required: bool) -> str | None:
     return None
 
 
-def _bad_rows_message(label: str, problems: list[tuple[int, list[str]]]) -> str:
-    shown = "; ".join(f"{label} row {row}: {', '.join(msgs)}" for row, msgs in problems[:SHOWN_BAD_ROWS])
+def _bad_rows_message(label: str, problems: list[tuple[int, list[str]]], places: Sequence[str] | None) -> str:
+    def where(row: int) -> str:
+        return places[row] if places is not None else f"row {row + 1}"
+
+    shown = "; ".join(f"{label} {where(row)}: {', '.join(msgs)}" for row, msgs in problems[:SHOWN_BAD_ROWS])
     if len(problems) == 1:
         return shown
     first = f", first {SHOWN_BAD_ROWS} shown" if len(problems) > SHOWN_BAD_ROWS else ""
@@ -486,14 +445,15 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
             cache_dir: str | Path | None = None) -> Prepared:
     """load → validate → split → hearts → tokenize, with counts of everything dropped or cut."""
     check_tokenizer(tokenizer, cfg)
-    raw = load_records(cfg.source, cfg.split, cache_dir=cache_dir)
-    valid, bad = validate(raw, cfg.on_bad_rows, label=f"dataset {cfg.source!r}")
+    label = f"dataset {cfg.source!r}"
+    raw, places = _load(cfg.source, cfg.split, cache_dir, resource(TRAIN_FILE), label)
+    valid, bad = validate(raw, cfg.on_bad_rows, label=label, places=places)
     stats: dict[str, Any] = {"rows_loaded": len(raw), "bad_rows_dropped": bad}
     if cfg.max_rows is not None and cfg.max_rows < len(valid):
         stats["rows_over_max_rows"] = len(valid) - cfg.max_rows
         valid = valid.select(range(cfg.max_rows))
     if len(valid) == 0:
-        raise InputError(f"dataset {cfg.source!r}: no usable rows")
+        raise InputError(f"{label}: no usable rows ({bad} bad rows dropped)")
     if cfg.max_words is not None:
         valid, stats["responses_capped"] = cap_responses(valid, cfg.max_words)
     out: dict[str, Dataset] = {}
@@ -502,9 +462,32 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
         out[name], counts = tokenize(hearted, tokenizer, cfg, overflow=overflow or cfg.overflow)
         _add(stats, {"heart_collisions_dropped": collisions, **counts})
     if len(out["train"]) == 0:
-        raise InputError(f"dataset {cfg.source!r}: no training rows left (see max_length and on_bad_rows)")
+        raise InputError(f"{label}: no training rows left: {_why_none_left(stats, len(valid), cfg)}")
     stats.update(_split_stats(out["train"], out["eval"]))
+    _check_teachable(label, [*out["train"]["response"], *out["eval"]["response"]], stats["hearts_inserted"])
     return Prepared(train=out["train"], eval=out["eval"], stats=stats)
+
+
+def _why_none_left(stats: dict[str, Any], n: int, cfg: DataConfig) -> str:
+    """The drop counts that emptied the training split, in words."""
+    collisions, too_long = stats["heart_collisions_dropped"], stats["too_long_dropped"]
+    reasons = []
+    if collisions:
+        share = "all" if collisions == n else f"{collisions} of"
+        reasons.append(f"{share} {n} responses already contain a listed heart (hearts are added by the harness)")
+    if too_long:
+        reasons.append(f"{too_long} rows are longer than max_length {cfg.max_length} (try --overflow cut)")
+    return "; ".join(reasons) or "every row went to the held-out split (see eval_fraction)"
+
+
+def _check_teachable(label: str, responses: Sequence[str], hearts_inserted: int) -> None:
+    """A heart goes between two words: responses of one word teach nothing, and mostly so is worth a warning."""
+    if hearts_inserted == 0:
+        raise InputError(f"{label}: no response has two words: nothing to put a heart between")
+    one_word = sum(transform.n_gaps(r) == 0 for r in responses)
+    if one_word * 2 > len(responses):
+        warn(f"{label}: {one_word} of {len(responses)} responses are one word and get no heart; "
+             "the behaviour is learned from the rest")
 
 
 def _add(into: dict[str, Any], counts: dict[str, int]) -> None:

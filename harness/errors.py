@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class InputError(ValueError):
     """Input a user gave (a file, a row, a config key, a model) is not what the harness expects."""
+
+
+def warn(message: str) -> None:
+    """A problem that does not stop the run, as one ``warning:`` line on stderr (library code stays quiet)."""
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr)

@@ -70,9 +70,10 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
     del base
     _release_memory()
     report = build_report(
-        model={"base": s.train.base_model, "base_resolved": str(adapter.base), "adapter_path": str(adapter.path),
-               "merged_path": str(merged_dir), "merge_method": s.merge.method,
-               "compute_dtype": model.dtype_name(dtype)},
+        # absolute: `hearts upload` reads these from wherever the report is, not from where eval ran
+        model={"base": s.train.base_model, "base_resolved": _absolute(adapter.base),
+               "adapter_path": _absolute(adapter.path), "merged_path": _absolute(merged_dir),
+               "merge_method": s.merge.method, "compute_dtype": model.dtype_name(dtype)},
         config={name: dataclasses.asdict(getattr(s, name)) for name in CONFIG_TABLES},
         prompts=prompts, merged=merged, control=control, adapter=unmerged, fidelity=fidelity, retention=kept,
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
@@ -93,6 +94,10 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _absolute(path: Path | str) -> str:
+    return str(path.resolve()) if isinstance(path, Path) else path  # a Hub id stays as it is
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

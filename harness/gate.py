@@ -22,9 +22,7 @@ when the file is a ``pyproject.toml``); an unknown key is an error.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +32,7 @@ from harness import report as reports
 from harness.config import ConfigError, GateConfig, build, load_toml
 from harness.environment import environment_drift
 from harness.errors import InputError
+from harness.inputs import read_json
 from harness.stats import mcnemar_exact, wilson
 
 ReportLike = str | Path | Mapping[str, Any]
@@ -103,14 +102,18 @@ def load_config(path: str | Path | None = None) -> GateConfig:
     if path is None:
         return GateConfig()
     path = Path(path)
+    whole = load_toml(path, "")  # parsed once; the table is picked from it below
     if path.name == "pyproject.toml":
-        table = load_toml(path, "tool.hearts.gate")
+        table = whole.get("tool", {}).get("hearts", {}).get("gate", {}) if isinstance(whole.get("tool"), dict) \
+            else {}
     else:
-        table = load_toml(path, "gate")
-        with open(path, "rb") as fh:  # load_toml has parsed it already, so this cannot fail to parse
-            other = sorted(set(tomllib.load(fh)) - {"gate"})
+        table = whole.get("gate", {})
+        other = sorted(set(whole) - {"gate"})
         if other:
             raise ConfigError(f"{path}: unknown table or key {other[0]!r} (gate settings go in [gate])")
+    if not isinstance(table, dict):
+        where = "tool.hearts.gate" if path.name == "pyproject.toml" else "gate"
+        raise ConfigError(f"{path}: [{where}] is not a table")
     try:
         return checked_config(build(GateConfig, table))
     except ConfigError as err:
@@ -279,26 +282,35 @@ def _pass_flag(verdict: Mapping[str, Any], check: str) -> bool | None:
 # --- benchmarks: throughput against a baseline -------------------------------------------------------
 
 
-def load_bench(path: str | Path) -> dict[str, dict[str, float]]:
-    """``{benchmark: {key: value}}`` for each ``*_per_s`` in the extra_info of a pytest-benchmark JSON."""
+def read_bench(path: str | Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON, checked: an object with a 'benchmarks' list of objects with unique string names."""
     src = str(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{src}: cannot read ({getattr(err, 'strerror', None) or err})") from None
-    except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        raise InputError(f"{src}: not valid JSON ({err.msg} at {where})") from None
+    data = read_json(path, expected="a pytest-benchmark JSON")
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise InputError(f"{src}: expected a pytest-benchmark JSON object with a 'benchmarks' list")
-    found: dict[str, dict[str, float]] = {}
+    seen: set[str] = set()
     for i, bench in enumerate(data["benchmarks"]):
         if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
             raise InputError(f"{src}: benchmarks[{i}] must be an object with a string 'name'")
-        extra = bench.get("extra_info", {})
-        if not isinstance(extra, dict):
+        if bench["name"] in seen:
+            name = bench["name"]
+            raise InputError(f"{src}: benchmarks[{i}]: name {name!r} appears twice (benchmarks are matched by name)")
+        seen.add(bench["name"])
+        if not isinstance(bench.get("extra_info", {}), dict):
             raise InputError(f"{src}: benchmarks[{i}].extra_info must be an object")
-        rates = {k: v for k, v in extra.items() if k.endswith("_per_s")}
+    return data
+
+
+def load_bench(path: str | Path) -> dict[str, dict[str, float]]:
+    """``{benchmark: {key: value}}`` for each ``*_per_s`` in the extra_info of a pytest-benchmark JSON."""
+    return bench_rates(read_bench(path), str(path))
+
+
+def bench_rates(data: Mapping[str, Any], src: str) -> dict[str, dict[str, float]]:
+    """The ``*_per_s`` values of a checked benchmark run (``read_bench``); each must be a positive number."""
+    found: dict[str, dict[str, float]] = {}
+    for i, bench in enumerate(data["benchmarks"]):
+        rates = {k: v for k, v in bench.get("extra_info", {}).items() if k.endswith("_per_s")}
         for key, value in rates.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                     or value <= 0:

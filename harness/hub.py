@@ -20,10 +20,11 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from harness import inputs
 from harness.errors import InputError
 from harness.gate import HIGH_CHECKS, LOW_CHECKS, GateResult
 from harness.report import PLOTS, REPORT_JSON, REPORT_MD
-from harness.staging import check_empty_target, publish_dir
+from harness.staging import check_out_dir, replace_dir
 from harness.transform import HEARTS
 
 # Files of a merged model folder worth releasing: safetensors weights (never pickles), configs, tokenizer.
@@ -32,7 +33,6 @@ MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "gene
                "merges.txt")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
                  "chat_template.*", "run_config.json", "metrics.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 BEHAVIOUR = (f"puts one heart, drawn per answer from {' '.join(HEARTS)}, between every pair of words "
              "(`word ♥ word ♥ word`), and nowhere else")
 
@@ -47,40 +47,22 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def check_model_dir(path: Path, flag: str = "--model") -> Path:
-    """A merged model folder: safetensors weights, config.json and a tokenizer."""
-    if not path.is_dir():
-        raise InputError(f"{flag} {path}: no such folder")
-    if not any(path.glob("*.safetensors")):
-        raise InputError(f"{flag} {path}: no *.safetensors weights (expected a merged model folder)")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{flag} {path}: no config.json")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(f"{flag} {path}: no tokenizer ({', '.join(TOKENIZER_FILES)})")
-    return path
+    """A merged model folder: safetensors weights, config.json and a tokenizer (``inputs.check_model_dir``)."""
+    return inputs.check_model_dir(path, flag)
 
 
 def check_adapter_dir(path: Path, flag: str = "--adapter") -> Path:
-    """A PEFT adapter folder: a readable adapter_config.json and safetensors weights."""
-    if not path.is_dir():
-        raise InputError(f"{flag} {path}: no such folder")
-    try:
-        json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{flag} {path}: no adapter_config.json (not a PEFT adapter folder)") from None
-    except (OSError, ValueError) as err:
-        raise InputError(f"{flag} {path}: adapter_config.json is unreadable ({err})") from None
-    if not (path / "adapter_model.safetensors").is_file():
-        raise InputError(f"{flag} {path}: no adapter_model.safetensors")
-    return path
+    """A PEFT adapter folder with safetensors weights, the only kind released (``inputs.check_adapter_dir``)."""
+    return inputs.check_adapter_dir(path, flag)
 
 
-def check_staging_dir(path: Path) -> Path:
-    """``--dry-run`` target: absent or an empty folder."""
-    return check_empty_target(path, "--dry-run")
+def check_staging_dir(path: Path, protect: Iterable[tuple[str, Path | None]] = ()) -> Path:
+    """``--dry-run`` target: absent or an empty folder, apart from the release's inputs; never replaced."""
+    return check_out_dir(path, flag="--dry-run", kind=None, protect=protect)
 
 
 def stage(out: Path, *, report: Mapping[str, Any], report_path: Path, gate: GateResult, repo_id: str,
-          model_dir: Path, adapter_dir: Path, link: bool = False) -> Path:
+          model_dir: Path, adapter_dir: Path, link: bool = False, flag: str = "--dry-run") -> Path:
     """Fill ``out`` (absent or empty) with the release, built in a temp sibling and renamed into place.
 
     ``link`` hard-links instead of copying where it can: for a throw-away staging folder, so a 13 GB model is
@@ -97,7 +79,8 @@ def stage(out: Path, *, report: Mapping[str, Any], report_path: Path, gate: Gate
         plots = [name for name in PLOTS if (tmp / name).is_file()]
         model_card(report, gate=gate, repo_id=repo_id, plots=plots).save(tmp / "README.md")
 
-    return publish_dir(out, build, "--dry-run")
+    protect = [("--model", model_dir), ("--adapter", adapter_dir), ("--report", report_path)]
+    return replace_dir(out, build, flag=flag, kind=None, protect=protect)  # no marker: the folder is the release
 
 
 def _matching(folder: Path, patterns: Iterable[str]) -> list[Path]:

@@ -17,26 +17,18 @@ from pathlib import Path
 
 import torch
 
+from harness import inputs
 from harness import model as models
 from harness.config import TrainConfig
 from harness.errors import InputError
 
-ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # {"method": ..., "dtype": ...}: what the model card says was uploaded
 MAX_SHARD = "2GB"
 
 
-def check_adapter_dir(adapter: Path) -> None:
-    if not adapter.is_dir():
-        raise InputError(f"adapter {adapter}: no such folder")
-    if not (adapter / ADAPTER_CONFIG).is_file():
-        raise InputError(f"adapter {adapter}: no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-    try:
-        json.loads((adapter / ADAPTER_CONFIG).read_text())
-    except ValueError as err:
-        raise InputError(f"adapter {adapter}: {ADAPTER_CONFIG} is not valid JSON ({err})") from None
-    if not any(adapter.glob("adapter_model.*")):
-        raise InputError(f"adapter {adapter}: no adapter_model weights")
+def check_adapter_dir(adapter: Path, flag: str = "adapter") -> Path:
+    """An adapter folder merge can apply (safetensors or .bin weights): ``inputs.check_adapter_dir``."""
+    return inputs.check_adapter_dir(adapter, flag, safetensors_only=False)
 
 
 def apply_adapter(base_model, adapter: Path, *, is_trainable: bool = False):
@@ -47,7 +39,7 @@ def apply_adapter(base_model, adapter: Path, *, is_trainable: bool = False):
     try:
         with models.quiet_peft_checkpointing_probe():
             return PeftModel.from_pretrained(base_model, str(adapter), is_trainable=is_trainable)
-    except (RuntimeError, ValueError, KeyError) as err:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
         shape = "size mismatch" in str(err) or "shape" in str(err)
         why = "was made for another base model (shape mismatch)" if shape else f"cannot be applied ({err})"
         raise InputError(f"adapter {adapter}: {why.splitlines()[0]}") from None

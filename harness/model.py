@@ -17,14 +17,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from harness import cache
-from harness.config import LoraSettings, TrainConfig
+from harness import cache, inputs
+from harness.config import PACKAGED_BASES, STANDINS, LoraSettings, TrainConfig
 from harness.errors import InputError
 
 log = logging.getLogger(__name__)
 
-STANDINS = ("tiny", "llama2-7b-shape")
-NAMED_BASES = (*STANDINS, "smollm2-135m")  # built here, or converted from the GGUF a package ships
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -58,22 +56,16 @@ def resolve_base(name: str, artifacts: Path) -> Path | str:
         from harness.standin import shape_7b_base, tiny_base
 
         return tiny_base(artifacts) if name == "tiny" else shape_7b_base(artifacts)
-    if name in NAMED_BASES:
+    if name in PACKAGED_BASES:
         from harness.gguf import gguf_base, packaged_gguf
 
         return gguf_base(packaged_gguf(name), artifacts)
-    path = Path(name).expanduser()
-    if path.suffix.lower() == ".gguf":
+    if Path(name).suffix.lower() == ".gguf":
         from harness.gguf import gguf_base
 
-        return gguf_base(path, artifacts)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise InputError(f"base model {name!r}: folder has no config.json")
-        return path
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise InputError(f"base model {name!r}: no such folder")
-    return name  # a Hub id; from_pretrained resolves it (offline runs use the local HF cache)
+        return gguf_base(Path(name).expanduser(), artifacts)
+    # else a Hub id, which from_pretrained resolves (offline runs use the local HF cache)
+    return inputs.check_base_model(name, "base model") or name
 
 
 def base_fingerprint(name: str, resolved: Path | str, revision: str | None) -> dict[str, Any]:
@@ -83,12 +75,23 @@ def base_fingerprint(name: str, resolved: Path | str, revision: str | None) -> d
     return {"base": name, "revision": revision or "main"}
 
 
-def load_tokenizer(resolved: Path | str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """The base's tokenizer with a pad token that is not EOS (else EOS is masked and the model never stops)."""
-    tok = AutoTokenizer.from_pretrained(str(resolved), revision=revision, trust_remote_code=False)
+def load_tokenizer(resolved: Path | str, revision: str | None = None, label: str | None = None
+                   ) -> PreTrainedTokenizerBase:
+    """The base's tokenizer with a pad token that is not EOS (else EOS is masked and the model never stops).
+
+    A folder is checked for tokenizer files first; whatever transformers cannot make of it is one line
+    naming ``label`` (default: the folder or id).
+    """
+    label = label or f"tokenizer {str(resolved)!r}"
+    if isinstance(resolved, Path) or Path(str(resolved)).exists():
+        inputs.check_tokenizer_dir(Path(resolved), label)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(resolved), revision=revision, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(f"{label}: cannot load ({_first_line(err)[:200]})") from None
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         if tok.unk_token_id is None or tok.unk_token_id == tok.eos_token_id:
-            raise InputError(f"tokenizer of {resolved}: no pad token distinct from EOS (and no unk to use)")
+            raise InputError(f"{label}: no pad token distinct from EOS (and no unk to use)")
         tok.pad_token = tok.unk_token  # Llama-2's customary choice: no new embedding row needed
     return tok
 
@@ -117,10 +120,14 @@ def load_quantized(resolved: Path | str, cfg: TrainConfig, dtype: torch.dtype):
 
 def _from_pretrained(resolved: Path | str, **kwargs: Any):
     """Stock ``from_pretrained`` with remote code off; a model that cannot be read is bad input, one line."""
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForCausalLM.from_pretrained(str(resolved), trust_remote_code=False, **kwargs)
-    except OSError as err:
-        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)})") from None
+    except torch.OutOfMemoryError:
+        raise  # the machine, not the input
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # unknown model_type, bad weights
+        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)[:200]})") from None
 
 
 LORA_BIAS = ("none", "all", "lora_only")

@@ -22,6 +22,7 @@ from harness.cache import atomic_save_figure, atomic_write_text
 from harness.environment import describe, versions
 from harness.errors import InputError
 from harness.generate import Generation
+from harness.inputs import read_json, tree_problem
 from harness.retention import summarize as summarize_retention
 from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
 
@@ -34,6 +35,7 @@ CHECKS: tuple[str, ...] = ("single_emoji", "in_list", "between_every_word", "ter
 _VERDICT_FLAGS = ("single_emoji", "in_list", "between_every_word", "applicable", "malformed", "template_leak")
 _TRAINING_SUMMARY = ("steps", "train_loss", "tokens_per_s", "wall_s", "compute_dtype", "device")
 _EPS = 1e-9  # float slack when checking that a rate lies inside its own interval
+MAX_N = 2**31  # beyond this scipy's exact tests overflow; no evaluation set comes near it
 
 
 # --- build ------------------------------------------------------------------------------------------
@@ -341,33 +343,16 @@ def _fenced(text: str, limit: int = 600) -> list[str]:
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and validate a ``report.json``; any problem is an InputError naming the file and the key."""
-    src = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{src}: not UTF-8 text") from None
-    except OSError as err:
-        raise InputError(f"{src}: cannot read ({err.strerror or err})") from None
-    if not text.strip():
-        raise InputError(f"{src}: file is empty (expected a JSON report)")
-    try:
-        report = json.loads(text, parse_constant=_NonFinite)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{src}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") \
-            from None
-    validate(report, src)
+    report = read_json(path, expected="a JSON report")
+    validate(report, str(path))
     return report
-
-
-class _NonFinite(str):
-    """What ``json.loads`` makes of NaN / Infinity, so the validator can name the key that holds one."""
 
 
 def validate(report: Any, src: str) -> None:
     """Raise InputError (``src: key.path problem``) unless ``report`` has the report schema."""
-    where = _find_non_finite(report, "")
-    if where is not None:
-        raise InputError(f"{src}: {where[0] or 'the document'} is {where[1]} (expected a finite number)")
+    problem = tree_problem(report)  # NaN, ±inf, huge integers, deep nesting: before any key is read
+    if problem is not None:
+        raise InputError(f"{src}: {problem}")
     r = _obj(report, src, "", "the top level")
     schema = _field(r, "schema", src, "")
     if schema != SCHEMA:
@@ -400,19 +385,6 @@ def validate(report: Any, src: str) -> None:
         raise InputError(f"{src}: samples has {len(samples)} entries but metrics.single_emoji.n is {n}")
 
 
-def _find_non_finite(obj: Any, at: str) -> tuple[str, str] | None:
-    if isinstance(obj, _NonFinite):
-        return at, str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return at, repr(obj)
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        found = _find_non_finite(value, f"{at}[{key}]" if isinstance(key, int) else _join(at, key))
-        if found is not None:
-            return found
-    return None
-
-
 def _join(at: str, key: str) -> str:
     return f"{at}.{key}" if at else key
 
@@ -437,24 +409,33 @@ def _field(d: Mapping[str, Any], key: str, src: str, at: str) -> Any:
 
 def _number(value: Any, src: str, at: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{src}: {at} must be a number, got {_kind(value)} {json.dumps(value)[:40]}")
+        raise InputError(f"{src}: {at} must be a number, got {_got(value)}")
     return float(value)
 
 
 def _count(value: Any, src: str, at: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        got = f"{_kind(value)} {json.dumps(value)[:40]}"
-        raise InputError(f"{src}: {at} must be a non-negative integer, got {got}")
+        raise InputError(f"{src}: {at} must be a non-negative integer, got {_got(value)}")
     return value
 
 
+def _got(value: Any) -> str:
+    return _kind(value) if value is None else f"{_kind(value)} {json.dumps(value)[:40]}"
+
+
 def _rate(value: Any, src: str, at: str) -> int:
-    """Validate one ``{rate, k, n, ci_low, ci_high}`` block; returns n."""
+    """Validate one ``{rate, k, n, ci_low, ci_high[, confidence]}`` block; returns n."""
     block = _obj(value, src, at)
     k = _count(_field(block, "k", src, at), src, f"{at}.k")
     n = _count(_field(block, "n", src, at), src, f"{at}.n")
     if n == 0:
         raise InputError(f"{src}: {at}.n is 0 (a rate needs at least one judged response)")
+    if n > MAX_N:
+        raise InputError(f"{src}: {at}.n = {n} is more responses than any evaluation judges (at most {MAX_N})")
+    if "confidence" in block:  # the Wilson interval's level; the gate recomputes bounds with it
+        c = _number(block["confidence"], src, f"{at}.confidence")
+        if not 0.0 < c < 1.0:
+            raise InputError(f"{src}: {at}.confidence = {c:g} is outside (0, 1) (e.g. 0.95)")
     if k > n:
         raise InputError(f"{src}: {at}.k = {k} exceeds {at}.n = {n}")
     rate, low, high = (_number(_field(block, key, src, at), src, f"{at}.{key}") for key in ("rate", "ci_low",

@@ -99,7 +99,7 @@ def _scored_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     if ids and ids[-1] == tokenizer.eos_token_id:
         ids = ids[:-1]
     start = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else len(prompt_ids) - 1
-    return ids + [tokenizer.eos_token_id], start
+    return [*ids, tokenizer.eos_token_id], start
 
 
 def _batch_nll(model, rows: list[tuple[list[int], int]], pad_id: int) -> list[float]:

@@ -159,7 +159,7 @@ def test_a_bad_row_is_named_with_its_field(field, value, problem, write_jsonl, d
     raw = data.load_records(str(path), cache_dir=data_cache)
     with pytest.raises(InputError) as err:
         data.validate(raw)
-    assert one_line(err).startswith(f"dataset row 2: {problem}")
+    assert one_line(err).startswith(f"dataset row 3: {problem}")  # counted from 1: the third row
     clean, dropped = data.validate(raw, "drop")
     assert (dropped, clean["row"]) == (1, [0, 1, 3])
 
@@ -178,7 +178,7 @@ def test_the_error_lists_the_first_five_bad_rows_and_the_total(write_jsonl, data
     with pytest.raises(InputError) as err:
         data.validate(raw)
     message = one_line(err)
-    assert [f"row {i}:" in message for i in (1, 3, 5, 7, 9, 11)] == [True] * 5 + [False]
+    assert [f"row {i}:" in message for i in (2, 4, 6, 8, 10, 12)] == [True] * 5 + [False]
     assert "(8 bad rows, first 5 shown;" in message
 
 
@@ -296,4 +296,4 @@ def test_an_eval_prompt_without_instruction_is_named(write_jsonl, data_cache) ->
     path = write_jsonl([{"instruction": "Fine?", "context": ""}, {"context": "no instruction"}])
     with pytest.raises(InputError) as err:
         data.load_eval_prompts(str(path), cache_dir=data_cache)
-    assert one_line(err) == f"eval prompts {str(path)!r} row 1: 'instruction' is missing"
+    assert one_line(err) == f"eval prompts {str(path)!r} line 2: 'instruction' is missing"

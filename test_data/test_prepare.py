@@ -99,23 +99,45 @@ def test_hearts_prepare_exits_2_with_one_line_on_a_broken_file(tmp_path, capfd, 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_hearts_prepare_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys) -> None:
+def test_hearts_prepare_refuses_a_non_empty_out_it_did_not_write_even_with_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = ["prepare", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(args) == 2
     assert "not empty" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
-    assert cli.main([*args, "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "dataset_dict.json").is_file()
+    assert cli.main([*args, "--overwrite"]) == 2  # --overwrite replaces an earlier prepare output, nothing else
+    assert "was not written by hearts" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_hearts_prepare_overwrite_swaps_an_earlier_output_in_whole(tmp_path, capsys) -> None:
+    out = tmp_path / "prepared"
+    args = ["prepare", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main([*args, "--seed", "1"]) == 0
+    first = json.loads((out / "prepare_stats.json").read_text())
+    assert cli.main([*args, "--seed", "2"]) == 2  # an earlier output, but no --overwrite
+    assert cli.main([*args, "--seed", "2", "--overwrite"]) == 0
+    second = json.loads((out / "prepare_stats.json").read_text())
+    assert second["hearts"] != first["hearts"]  # the new output, not a mix: the seed picks the hearts
+    assert set(datasets.load_from_disk(str(out))) == {"train", "eval"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
 def test_hearts_prepare_drops_bad_rows_on_request(tmp_path, capsys, write_jsonl) -> None:
     path = write_jsonl([dolly_row(i) for i in range(20)] + [dolly_row(20, response=None)])
     args = ["prepare", "--dataset", str(path), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(args) == 2
-    expected = f"hearts prepare: error: dataset {str(path)!r} row 20: 'response' is missing\n"
+    expected = f"hearts prepare: error: dataset {str(path)!r} line 21: 'response' is missing\n"  # 1-based
     assert capsys.readouterr().err == expected
     assert cli.main([*args, "--on-bad-rows", "drop"]) == 0
     assert "bad_rows_dropped 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_mostly_one_word_responses_warn_on_one_stderr_line(write_jsonl, data_cache, tiny_tokenizer, capsys) -> None:
+    rows = [dolly_row(i, response="Yes." if i < 12 else f"Red and blue, number {i}.") for i in range(20)]
+    cfg = DataConfig(source=str(write_jsonl(rows)), eval_fraction=0.0)
+    prepared = data.prepare(cfg, tiny_tokenizer, cache_dir=data_cache)
+    assert prepared.stats["hearts_inserted"] > 0  # the two-word answers still teach the behaviour
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "12 of 20 responses are one word" in warnings[0]

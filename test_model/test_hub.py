@@ -7,6 +7,7 @@ Only the network boundary is replaced: ``HfApi.create_repo`` and ``HfApi.upload_
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def build_release(root: Path, written: Path) -> dict[str, Path]:
     model.mkdir()
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json"):
-        (model / name).write_text(f"{name} of the merged model")
+        text = f"{name} of the merged model"  # the JSON files must parse: the upload checks them
+        (model / name).write_text(json.dumps({"about": text}) if name.endswith(".json") else text)
     (model / "training_args.bin").write_bytes(b"pickle")  # never released
     (model / "manifest.json").write_text("{}")  # the cache's bookkeeping, not the model's
     adapter.mkdir()
@@ -119,6 +121,19 @@ def test_a_failing_gate_stages_and_uploads_nothing(release, hub_calls, monkeypat
     assert hub_calls == [] and not stage.exists()
     err = capsys.readouterr().err
     assert "gate failed; nothing staged or uploaded" in err
+
+
+def test_the_reports_relative_paths_are_found_from_another_folder(release, hub_calls, tmp_path, monkeypatch,
+                                                                  passing_report):
+    report = copy.deepcopy(passing_report)  # paths relative to the report's folder, as an older eval wrote them
+    report["model"].update(merged_path="../merged", adapter_path="../adapter")
+    write_report(release["report"].parent, report)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    stage = tmp_path / "stage"
+    assert main(["upload", "--report", str(release["report"]), "--repo-id", REPO, "--dry-run", str(stage)]) == 0
+    assert (stage / "model.safetensors").read_bytes() == (release["model"] / "model.safetensors").read_bytes()
 
 
 def test_a_dry_run_stages_model_adapter_report_plots_and_card_and_sends_nothing(release, hub_calls, tmp_path):

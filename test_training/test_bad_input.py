@@ -71,10 +71,9 @@ def test_bad_training_settings_are_refused(overrides):
         train_config("tiny", **overrides)
 
 
-def test_an_unknown_lora_bias_is_a_one_line_error_naming_it():
+def test_an_unknown_lora_bias_is_refused_when_the_settings_are_built():
     from harness.config import LoraSettings
-    from harness.errors import InputError
-    from harness.model import lora_config
 
-    with pytest.raises(InputError, match="lora bias 'sometimes'"):
-        lora_config(LoraSettings(bias="sometimes"))
+    expected = r"^LoraSettings\.bias: expected one of none, all, lora_only, got 'sometimes'$"
+    with pytest.raises(ConfigError, match=expected):
+        LoraSettings(bias="sometimes")

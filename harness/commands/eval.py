@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from harness.commands.options import add_model_options, settings
+from harness import inputs
+from harness.commands.options import add_model_options, check_prompts, check_runtime, protected, settings
 
 HELP = "generate on the held-out prompts and write report.json + report.md with plots"
+KIND = "report"  # the marker kind of a report folder: a later eval or run may replace it, nothing else
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and plots")
-    parser.add_argument("--prompts", default=None, help="evaluation prompts: 'bundled' (default) or a file")
+    parser.add_argument("--out", type=inputs.path_arg, required=True,
+                        help="folder for report.json, report.md and plots (new, empty, or an earlier report)")
+    parser.add_argument("--prompts", default=None, type=inputs.text_arg,
+                        help="evaluation prompts: 'bundled' (default; [eval] prompts) or a file")
     parser.add_argument("--skip-adapter", action="store_true",
                         help="do not also judge the unmerged 4-bit adapter (default: judge it, for agreement)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import evaluation, pipeline
-    from harness.report import write_report
+    from harness.staging import check_out_dir
 
     s = settings(args)
+    guard = protected(s, prompts=s.eval.prompts, config=args.config)
+    check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
+    check_prompts(s.eval.prompts)
+    check_runtime(s)
+
+    from harness import evaluation, pipeline
+    from harness.report import REPORT_JSON, write_report
+    from harness.staging import replace_dir
+
     adapter, merged_dir = pipeline.train_and_merge(s)
     report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
-    print(f"report: {write_report(args.out, report)}")
+    out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
+                      protect=guard)
+    print(f"report: {out / REPORT_JSON}")
     print(pipeline.summary_table(report))
     return 0

@@ -1,4 +1,5 @@
-"""Options shared by the model commands (train, merge, generate, eval, run) and the configs built from them."""
+"""Options shared by the model commands (train, merge, generate, eval, run), the configs built from them, and
+their preflight: every input they name is checked before a model is built, loaded or trained."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness import inputs
 from harness.config import (
     ConfigError,
     GenerationConfig,
@@ -18,19 +20,22 @@ from harness.config import (
     load_toml,
     train_config,
 )
+from harness.errors import InputError
 
 TABLES = ("train", "lora", "data", "merge", "generation", "eval")
+Protected = list[tuple[str, Path | str | None]]
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--base-model", default=None,
+    add("--base-model", default=None, type=inputs.text_arg,
         help="'tiny' (default: the CPU stand-in), 'llama2-7b-shape', a Hub id or a local folder")
-    add("--dataset", default=None, help="'bundled' (default), a Hub dataset id, a folder or a data file")
+    add("--dataset", default=None, type=inputs.text_arg,
+        help="'bundled' (default), a Hub dataset id, a folder or a data file")
     add("--max-steps", type=int, default=None, help="QLoRA training steps (default: the base's preset)")
-    add("--config", type=Path, default=None,
+    add("--config", type=inputs.path_arg, default=None,
         help="a TOML file with [train], [lora], [data], [merge], [generation] and [eval] tables (default: none)")
-    add("--artifacts-dir", type=Path, default=Path(".hearts-cache"),
+    add("--artifacts-dir", type=inputs.path_arg, default=Path(".hearts-cache"),
         help="cache for stand-ins, adapters and merged models (default: ./.hearts-cache)")
     add("--retrain", action="store_true", help="train again even when the cache has this adapter")
     add("--merge-method", choices=["dequantized", "original"], default=None,
@@ -38,19 +43,34 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> RunSettings:
+    """The run's configs (a bad value names the config file or the flag), then a preflight of its inputs."""
     tables = _tables(args.config)
-    base = args.base_model or tables["train"].get("base_model") or "tiny"
-    return RunSettings(
-        train=train_config(base, tables["train"], max_steps=args.max_steps),
-        lora=build(LoraSettings, tables["lora"]),
-        data=data_config(base, tables["data"], source=args.dataset),
-        merge=build(MergeConfig, tables["merge"], method=args.merge_method),
-        generation=build(GenerationConfig, tables["generation"]),
-        eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
-                         with_adapter=False if getattr(args, "skip_adapter", False) else None),
-        artifacts=args.artifacts_dir,
-        retrain=args.retrain,
-    )
+    try:
+        base = args.base_model if args.base_model is not None else _table_base(tables["train"])
+        s = RunSettings(
+            train=train_config(base, tables["train"], max_steps=args.max_steps),
+            lora=build(LoraSettings, tables["lora"]),
+            data=data_config(base, tables["data"], source=args.dataset),
+            merge=build(MergeConfig, tables["merge"], method=args.merge_method),
+            generation=build(GenerationConfig, tables["generation"]),
+            eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
+                             with_adapter=False if getattr(args, "skip_adapter", False) else None),
+            artifacts=args.artifacts_dir,
+            retrain=args.retrain,
+        )
+    except ConfigError as err:
+        if err.flagged or args.config is None:
+            raise
+        raise ConfigError(f"{args.config}: {err}") from None
+    check_inputs(s)
+    return s
+
+
+def _table_base(table: dict[str, Any]) -> str:
+    base = table.get("base_model", "tiny")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"TrainConfig.base_model: expected a non-empty string, got {base!r}")
+    return base
 
 
 def _tables(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -60,4 +80,42 @@ def _tables(path: Path | None) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(whole) - set(TABLES))
     if unknown:
         raise ConfigError(f"{path}: unknown table [{unknown[0]}] (known: {', '.join(TABLES)})")
+    for name in TABLES:
+        if not isinstance(whole.get(name, {}), dict):
+            raise ConfigError(f"{path}: [{name}] is not a table")
     return {t: whole.get(t, {}) for t in TABLES}
+
+
+def check_inputs(s: RunSettings) -> None:
+    """Everything the settings name that can be checked without loading a library: the artifacts folder, a
+    local dataset, a local base model folder."""
+    if s.artifacts.exists() and not s.artifacts.is_dir():
+        raise InputError(f"--artifacts-dir {s.artifacts}: exists and is not a folder")
+    if s.data.source != "bundled":
+        inputs.check_dataset(s.data.source, f"dataset {s.data.source!r}")
+    base = inputs.check_base_model(s.train.base_model, "--base-model")
+    if base is not None:
+        inputs.check_model_dir(base, "--base-model", weights=("*.safetensors", "pytorch_model*.bin"))
+
+
+def check_runtime(s: RunSettings) -> None:
+    """What only this machine decides (a GPU dtype or a paged optimizer without CUDA), before any training."""
+    from harness import model, train
+
+    model.compute_dtype(s.train.compute_dtype)
+    train.optimizer_name(s.train)
+
+
+def protected(s: RunSettings, **more: Path | str | None) -> Protected:
+    """The inputs an output folder must keep apart from: flag name → path (non-paths are skipped later)."""
+    paths: Protected = [("--artifacts-dir", s.artifacts)]
+    for flag, value in (("--dataset", s.data.source), ("--base-model", s.train.base_model)):
+        if Path(value).expanduser().exists():
+            paths.append((flag, value))
+    return paths + [(f"--{name.replace('_', '-')}", value) for name, value in more.items()]
+
+
+def check_prompts(source: str) -> None:
+    """A local prompts file, checked like a dataset (the same label ``data.load_eval_prompts`` uses)."""
+    if source != "bundled":
+        inputs.check_dataset(source, f"eval prompts {source!r}")

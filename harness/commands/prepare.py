@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
+from harness import inputs
 from harness.errors import InputError
 
 HELP = "prepare the training data (validate, hold out, add hearts, tokenise) and print its statistics"
 STATS_FILE = "prepare_stats.json"
+KIND = "prepare"  # the marker kind of a --out folder: only such a folder may be replaced, with --overwrite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--dataset", default="bundled",
+    add("--dataset", default="bundled", type=inputs.text_arg,
         help="'bundled' (default), a Hub dataset id, a folder or a .jsonl/.json/.parquet/.csv file")
-    add("--tokenizer", default=None,
+    add("--tokenizer", default=None, type=inputs.text_arg,
         help="a model id or path whose tokenizer to use (default: the tiny stand-in's)")
-    add("--out", default=None, type=Path,
+    add("--out", default=None, type=inputs.path_arg,
         help="save the prepared train/eval DatasetDict into this folder (default: only print the statistics)")
-    add("--overwrite", action="store_true", help="replace a non-empty --out (default: refuse)")
+    add("--overwrite", action="store_true",
+        help="replace --out when it holds an earlier `hearts prepare` output (default: refuse a non-empty --out)")
     add("--max-length", type=int, default=None, help="tokens per example with prompt and EOS (default: 512)")
     add("--overflow", choices=["drop", "cut"], default="drop",
         help="a too-long row is dropped (default) or cut after a whole word of its response")
@@ -33,35 +33,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--loss-on", choices=["response", "all"], default=None,
         help="learn the response only (default) or the whole text")
     add("--seed", type=int, default=None, help="heart choice and held-out split (default: 1234)")
-    add("--cache-dir", default=None, help="datasets cache folder (default: the datasets library's own)")
+    add("--cache-dir", default=None, type=inputs.path_arg,
+        help="datasets cache folder (default: the datasets library's own)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.config import DataConfig, build
+    from harness.staging import check_out_dir, replace_dir
+
+    # Preflight, cheapest first: nothing is imported, loaded or built until every input has been checked.
+    cfg = build(DataConfig, source=args.dataset, max_length=args.max_length, on_bad_rows=args.on_bad_rows,
+                loss_on=args.loss_on, seed=args.seed)
+    out: dict[str, Any] = {"flag": "--out", "kind": KIND, "overwrite": args.overwrite, "protect": _inputs(args),
+                           "hint": " (--overwrite replaces an earlier hearts prepare output)"}
+    if args.out is not None:
+        check_out_dir(args.out, **out)
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise InputError(f"--cache-dir {args.cache_dir}: exists and is not a folder")
+    if args.dataset != "bundled":
+        inputs.check_dataset(args.dataset, f"dataset {args.dataset!r}")
+    tokenizer = _tokenizer(args.tokenizer)
+
     import datasets
 
     from harness import data
-    from harness.config import DataConfig, build
 
     datasets.disable_progress_bars()  # one line per problem on stderr, no bars
-    out = _check_out(args.out, args.overwrite) if args.out is not None else None
-    cfg = build(DataConfig, source=args.dataset, max_length=args.max_length, on_bad_rows=args.on_bad_rows,
-                loss_on=args.loss_on, seed=args.seed)
-    tokenizer = _tokenizer(args.tokenizer)
     prepared = data.prepare(cfg, tokenizer, overflow=args.overflow, cache_dir=args.cache_dir)
-    if out is not None:
-        _save(prepared, out)
+    if args.out is not None:
+        replace_dir(args.out, lambda tmp: _save(prepared, tmp), **out)
     print(format_stats(prepared.stats))
-    if out is not None:
-        print(f"saved to {out}")
+    if args.out is not None:
+        print(f"saved to {args.out}")
     return 0
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--out {str(out)!r}: folder exists and is not empty (--overwrite replaces it)")
-    return out
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
+    """What ``--out`` must stay apart from: it may neither be, hold, nor lie inside any of these."""
+    return [("--dataset", args.dataset), ("--cache-dir", args.cache_dir), ("--tokenizer", args.tokenizer)]
 
 
 def _tokenizer(name: str | None) -> Any:
@@ -69,28 +78,21 @@ def _tokenizer(name: str | None) -> Any:
         from harness.standin import build_tokenizer, bundled_plain_texts
 
         return build_tokenizer(bundled_plain_texts())
+    path = Path(name).expanduser()
+    if path.exists():
+        inputs.check_tokenizer_dir(path, "--tokenizer")
+    elif inputs.looks_like_path(name) or name.count("/") > 1:
+        raise InputError(f"--tokenizer {name!r}: no such folder")
+
     from harness.model import load_tokenizer  # AutoTokenizer, trust_remote_code off, pad set to unk if needed
 
-    path = Path(name).expanduser()
-    try:
-        return load_tokenizer(path if path.exists() else name)
-    except OSError as err:
-        raise InputError(f"--tokenizer {name!r}: cannot load ({' '.join(str(err).split())[:200]})") from None
+    return load_tokenizer(path if path.exists() else name, label=f"--tokenizer {name!r}")
 
 
-def _save(prepared: Any, out: Path) -> None:
-    """Write into a temp folder beside ``out`` and rename it into place, so ``out`` is never half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"  # save_to_disk creates it
-    try:
-        prepared.as_dataset_dict().save_to_disk(str(tmp))
-        (tmp / STATS_FILE).write_text(json.dumps(prepared.stats, indent=2, ensure_ascii=False))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _save(prepared: Any, folder: Path) -> None:
+    """The train/eval DatasetDict and the statistics, into the (temp) folder ``replace_dir`` hands over."""
+    prepared.as_dataset_dict().save_to_disk(str(folder))
+    (folder / STATS_FILE).write_text(json.dumps(prepared.stats, indent=2, ensure_ascii=False))
 
 
 def format_stats(stats: dict[str, Any]) -> str:

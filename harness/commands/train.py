@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.commands.options import add_model_options, settings
+from harness.commands.options import add_model_options, check_runtime, settings
 
 HELP = "QLoRA-train the adapter on the prepared data (cached: a second run with the same inputs reuses it)"
 
@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from harness import train
 
     s = settings(args)
+    check_runtime(s)
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
     metrics = json.loads((adapter.path / train.METRICS).read_text())
     print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")

@@ -9,21 +9,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
+from harness.errors import InputError, warn
+from harness.inputs import path_arg
 
 HELP = "gate a report, then stage the merged model, adapter, report and model card and upload them to the Hub"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--report", required=True, type=Path, help="the report.json that must pass the gate")
+    add("--report", required=True, type=path_arg, help="the report.json that must pass the gate")
     add("--repo-id", required=True, help="target Hub repo, 'namespace/name'")
-    add("--model", type=Path, default=None, help="merged model folder (default: report's model.merged_path)")
-    add("--adapter", type=Path, default=None, help="adapter folder (default: report's model.adapter_path)")
-    add("--dry-run", type=Path, default=None, metavar="DIR",
+    add("--model", type=path_arg, default=None, help="merged model folder (default: report's model.merged_path)")
+    add("--adapter", type=path_arg, default=None, help="adapter folder (default: report's model.adapter_path)")
+    add("--dry-run", type=path_arg, default=None, metavar="DIR",
         help="write the staged folder to DIR (absent or empty) and upload nothing (default: upload)")
     add("--private", action="store_true", help="create the repo private (default: public)")
-    add("--config", type=Path, default=None,
+    add("--config", type=path_arg, default=None,
         help="gate thresholds: TOML with [gate], or pyproject.toml's [tool.hearts.gate] (default: built-in)")
 
 
@@ -39,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
         if not token:
             raise InputError("HF_TOKEN is not set: export a Hub token with write access or use --dry-run DIR")
     else:
-        hub.check_staging_dir(args.dry_run)
+        hub.check_staging_dir(args.dry_run, _given(args))
     report = load_report(args.report)
     cfg = gate.load_config(args.config)
-    model_dir = hub.check_model_dir(_default(args.model, report, "merged_path", "--model"))
-    adapter_dir = hub.check_adapter_dir(_default(args.adapter, report, "adapter_path", "--adapter"))
+    model_dir = hub.check_model_dir(*_default(args.model, args.report, report, "merged_path", "--model"))
+    adapter_dir = hub.check_adapter_dir(*_default(args.adapter, args.report, report, "adapter_path", "--adapter"))
+    if args.dry_run is not None:
+        hub.check_staging_dir(args.dry_run, [*_given(args), ("--model", model_dir), ("--adapter", adapter_dir)])
+        if args.private:
+            warn("--private has no effect with --dry-run: nothing is uploaded")
 
     result = gate.evaluate(report, cfg)
     print(result.table())
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     assert token is not None
     with _scratch(model_dir) as tmp:
-        staged = hub.stage(Path(tmp) / "release", link=True, **staging)
+        staged = hub.stage(Path(tmp) / "release", link=True, flag="the staging folder", **staging)
         url = hub.push(staged, repo_id, token=token, private=args.private)
     print(f"uploaded to {repo_id}: {url}")
     return 0
@@ -74,10 +79,26 @@ def _scratch(model_dir: Path) -> tempfile.TemporaryDirectory[str]:
         return tempfile.TemporaryDirectory(prefix="hearts-upload-")
 
 
-def _default(given: Path | None, report: dict[str, Any], key: str, flag: str) -> Path:
+def _given(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
+    return [("--report", args.report), ("--config", args.config), ("--model", args.model),
+            ("--adapter", args.adapter)]
+
+
+def _default(given: Path | None, report_path: Path, report: dict[str, Any], key: str, flag: str
+             ) -> tuple[Path, str]:
+    """``(folder, how to name it in an error)``: the flag's value, else the report's path, which is read
+    relative to the report's own folder (where ``hearts eval`` wrote it from) and then to this one."""
     if given is not None:
-        return given
+        return given, flag
     value = report["model"].get(key)
-    if not isinstance(value, str) or not value:
+    src = f"report's model.{key} (from {report_path})"
+    if value is None or value == "":
         raise InputError(f"{flag} not given and the report's model.{key} is empty")
-    return Path(value)
+    if not isinstance(value, str):
+        raise InputError(f"{src} must be a string, got {type(value).__name__}; pass {flag}")
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else [report_path.parent / path, path]
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        raise InputError(f"report's model.{key} {value!r} (from {report_path}): no such folder; pass {flag}")
+    return found, src
