@@ -175,6 +175,9 @@ class MergeConfig:
     # "original": into the unquantised base weights, as the notebook did (adds the quantisation error back).
     method: str = "dequantized"
 
+    def __post_init__(self) -> None:
+        _check(self, {"method": _one_of("dequantized", "original")})
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
@@ -189,8 +192,9 @@ class GenerationConfig:
     min_new_tokens: int = 0  # benchmarks set it to max_new_tokens, so every round decodes the same work
 
     def __post_init__(self) -> None:
-        rules = {"max_new_tokens": _int_in(1), "batch_size": _int_in(1), "top_p": _number_in(0, 1, open_low=True),
-                 "seed": _int_in(0, MAX_SEED), "cache": _one_of("dynamic", "static"),
+        rules = {"max_new_tokens": _int_in(1), "batch_size": _int_in(1, optional=True),
+                 "top_p": _number_in(0, 1, open_low=True),
+                 "seed": _int_in(0, MAX_SEED), "cache": _one_of("auto", "dynamic", "static"),
                  "min_new_tokens": _int_in(0, self.max_new_tokens if isinstance(self.max_new_tokens, int) else 0)}
         if self.do_sample:  # greedy decoding ignores the temperature
             rules["temperature"] = _number_in(0, math.inf, open_low=True, open_high=True)
@@ -202,6 +206,9 @@ class EvalConfig:
     prompts: str = "bundled"  # the held-out prompts: "bundled" (316, never trained on) or a file
     max_prompts: int | None = None  # judge only the first N (the tiny stand-in's CPU budget); None: all
     with_adapter: bool = True  # also judge the unmerged 4-bit adapter, for merge agreement
+
+    def __post_init__(self) -> None:
+        _check(self, {"prompts": _text(), "max_prompts": _int_in(1, optional=True)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,10 +271,12 @@ def _coerce(owner: str, key: str, field: dataclasses.Field, value: Any) -> Any:
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{owner}.{key}: expected an integer, got {value!r}")
-    elif isinstance(default, float):
+    elif isinstance(default, float) or field.type == "float | None":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{owner}.{key}: expected a finite number, got {value!r}")
         value = float(value)
+    elif field.type == "int | None" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{owner}.{key}: expected an integer, got {value!r}")
     elif field.type in ("str", str) and not isinstance(value, str):
         raise ConfigError(f"{owner}.{key}: expected a string, got {value!r}")
     elif isinstance(default, tuple) and isinstance(value, list):
@@ -286,10 +295,6 @@ def load_toml(path: str | Path, table: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: [{table}] is not a table")
     return data
-
-
-def as_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
 
 
 # Per-base presets, applied under the user's own settings. The tiny stand-in has ~1M parameters and trains on

@@ -77,8 +77,10 @@ def read_lock(path: str | Path) -> dict[str, str]:
     """``name -> version`` of every ``name==version`` line of a pip constraints/requirements file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"--lock {path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"--lock {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise InputError(f"--lock {path}: cannot read ({err.strerror or err})") from None
     pins = {}
     for line in text.splitlines():
         match = _PIN.match(line)

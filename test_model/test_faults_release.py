@@ -112,6 +112,12 @@ GATE = [
     case("gate", "unknown-schema", lambda ws: _bad(ws, "schema", 2), "schema 2 is not supported"),
     # gate configs
     case("gate", "config-unknown-key", lambda ws: ws.gate_config("[gate]\nsingle = 0.9\n"), "unknown key 'single'"),
+    case("gate", "config-chrf-above-100", lambda ws: ws.gate_config("[gate]\nretention_chrf = 150\n"),
+         "gate.toml", "retention_chrf: expected a chrF in [0, 100]"),
+    case("gate", "config-chrf-a-string", lambda ws: ws.gate_config("[gate]\nretention_chrf = 'high'\n"),
+         "GateConfig.retention_chrf: expected a finite number"),
+    case("gate", "config-nll-nan", lambda ws: ws.gate_config("[gate]\nretention_nll_increase = nan\n"),
+         "retention_nll_increase: expected a finite number"),
     case("gate", "config-wrong-type", lambda ws: ws.gate_config("[gate]\nin_list = '1'\n"),
          "GateConfig.in_list: expected a finite number"),
     case("gate", "config-broken-toml", lambda ws: ws.gate_config("[gate\nin_list="), "gate.toml", "not valid TOML"),
@@ -249,7 +255,17 @@ UPLOAD = [
     case("upload", "report-not-given", lambda ws: ["upload", "--repo-id", "a/b"], "required: --report"),
 ]
 
-CASES = [*GATE, *BENCH, *UPLOAD]
+ENV = [
+    case("env", "lock-missing", lambda ws: ["env", "--lock", "nowhere.txt"], "--lock nowhere.txt: cannot read"),
+    case("env", "lock-folder", lambda ws: ["env", "--lock", str(ws.root)], "cannot read (Is a directory)"),
+    case("env", "lock-not-utf8", lambda ws: ["env", "--lock", ws.file("c.txt", b"torch==\xff")], "not UTF-8"),
+    case("env", "lock-no-pins", lambda ws: ["env", "--lock", ws.file("c.txt", "torch>=2\n")],
+         "no 'name==version' lines"),
+    case("env", "lock-empty", lambda ws: ["env", "--lock", ""], "--lock", "expected a value"),
+    case("env", "check-without-lock", lambda ws: ["env", "--check"], "--check", "give --lock too"),
+]
+
+CASES = [*GATE, *BENCH, *UPLOAD, *ENV]
 
 
 @pytest.fixture(scope="module")

@@ -173,5 +173,5 @@ def test_an_unknown_kv_cache_is_a_one_line_error_naming_it(merged_model, tokeniz
     from harness.errors import InputError
 
     # refused when the config is built (before any model work), so this never reaches generate()
-    with pytest.raises(InputError, match=r"GenerationConfig\.cache: expected one of dynamic, static, got 'paged'"):
+    with pytest.raises(InputError, match=r"GenerationConfig\.cache: expected one of auto, dynamic, static"):
         generate.generate(merged_model, tokenizer, prompt_texts[:1], GenerationConfig(cache="paged"))
