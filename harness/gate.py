@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness import checks
 from harness import report as reports
 from harness.config import ConfigError, GateConfig, build, load_toml
 from harness.environment import environment_drift
@@ -37,8 +38,7 @@ from harness.stats import mcnemar_exact, wilson
 
 ReportLike = str | Path | Mapping[str, Any]
 Sample = dict[str, Any]
-HIGH_CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated")
-LOW_CHECKS = ("malformed", "template_leak")
+HIGH_CHECKS, LOW_CHECKS = checks.HIGH, checks.LOW
 _RATE_FIELDS = (*HIGH_CHECKS, *LOW_CHECKS, "control_single_emoji")
 
 
@@ -192,7 +192,7 @@ def _loaded(report: ReportLike, label: str) -> tuple[str, dict[str, Any]]:
 
 def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateRow]:
     metrics = report["metrics"]
-    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+    for check in checks.NAMES:
         m, limit = metrics[check], getattr(cfg, check)
         high = check in HIGH_CHECKS
         passed = m["ci_low"] >= limit if high else m["rate"] <= limit
@@ -242,7 +242,7 @@ def baseline_rows(report: Mapping[str, Any], baseline: Mapping[str, Any], alpha:
     if not pairs:
         raise InputError(f"{names[1]}: no prompts shared with {names[0]} (prompts are matched by their text)")
     rows = []
-    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+    for check in checks.NAMES:
         old = [_pass_flag(b["verdict"], check) for b, _ in pairs]
         new = [_pass_flag(r["verdict"], check) for _, r in pairs]
         test = mcnemar_exact(old, new)

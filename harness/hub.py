@@ -21,8 +21,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from harness import inputs
+from harness.checks import NAMES as CHECKS
 from harness.errors import InputError
-from harness.gate import HIGH_CHECKS, LOW_CHECKS, GateResult
+from harness.gate import GateResult
 from harness.report import PLOTS, REPORT_JSON, REPORT_MD
 from harness.staging import check_out_dir, replace_dir
 from harness.transform import HEARTS
@@ -135,7 +136,7 @@ def model_card(report: Mapping[str, Any], *, gate: GateResult, repo_id: str,
 def eval_results(report: Mapping[str, Any], dataset: str | None = None) -> list[EvalResult]:
     """One EvalResult per check: value = the rate; k, n and the Wilson interval in the metric's args."""
     results = []
-    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+    for check in CHECKS:
         m = report["metrics"][check]
         results.append(EvalResult(
             task_type="text-generation", task_name="one heart between every word",
@@ -163,7 +164,7 @@ def _card_body(report: Mapping[str, Any], *, gate: GateResult, repo_id: str, bas
         "same prompts as a control.", "",
         "| check | rate | k/n | interval | base model |", "|---|---|---|---|---|",
     ]
-    for check in (*HIGH_CHECKS, *LOW_CHECKS):
+    for check in CHECKS:
         m, c = report["metrics"][check], control.get(check)
         base_cell = f"{c['rate']:.3f} ({c['k']}/{c['n']})" if c else "–"
         interval = f"{m['ci_low']:.3f}–{m['ci_high']:.3f}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness import merge, model, train
+from harness import checks, merge, model, train
 from harness.config import RunSettings
 
 
@@ -19,8 +19,6 @@ def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
 
 
-SUMMARY_CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed", "template_leak")
-
 
 def summary_table(report: dict[str, Any]) -> str:
     """Merged model vs base control, one row per check, with Wilson intervals."""
@@ -29,7 +27,7 @@ def summary_table(report: dict[str, Any]) -> str:
         return "n/a" if m is None else f"{m['rate']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] ({m['k']}/{m['n']})"
 
     rows = [("check", "merged model", "base (control)")]
-    rows += [(c, cell(report["metrics"].get(c)), cell(report["control"]["metrics"].get(c))) for c in SUMMARY_CHECKS]
+    rows += [(c, cell(report["metrics"].get(c)), cell(report["control"]["metrics"].get(c))) for c in checks.NAMES]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     used = sum(1 for n in report["hearts"].values() if n)

@@ -16,13 +16,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 from harness import hub
+from harness.checks import NAMES as CHECKS
 from harness.cli import main
 from harness.report import PLOTS, write_report
 from test_model.test_report import LOSS, N_PASSING, make_report, retention_rows, set_rate
 
 TOKEN = "hf_SENTINELtoken0123456789abcdef"
 REPO = "hearts-lab/llama2-hearts"
-CHECKS = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed", "template_leak")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from harness.checks import NAMES as CHECKS
 from harness.errors import InputError
 from harness.generate import Generation
 from harness.prompts import build_prompt
-from harness.report import CHECKS, PLOTS, build_report, load_report, render_markdown, write_report
+from harness.report import PLOTS, build_report, load_report, render_markdown, write_report
 from harness.stats import wilson
 from harness.transform import HEARTS, sprinkle
 

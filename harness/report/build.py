@@ -1,0 +1,125 @@
+"""Building a report: every generation judged, rates with Wilson intervals, agreement, retention, samples."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from harness.behavior import Verdict, check_response
+from harness.environment import describe, versions
+from harness.generate import Generation
+from harness.retention import summarize as summarize_retention
+from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
+
+SCHEMA = 1
+
+
+def build_report(
+    *,
+    model: Mapping[str, Any],
+    config: Mapping[str, Any],
+    prompts: Sequence[str],
+    merged: Sequence[Generation],
+    control: Sequence[Generation],
+    adapter: Sequence[Generation] | None = None,
+    fidelity: Mapping[str, Any] | None = None,
+    retention: Sequence[Mapping[str, float]] | None = None,
+    training: Mapping[str, Any] | None = None,
+    data_stats: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report dict of one evaluation: every generation judged, rates with Wilson intervals, samples.
+
+    ``fidelity``: the merged model's logits against the 4-bit adapter model's (``merge.compare_logits``);
+    ``retention``: per-prompt figures of the merged answers against the base's (``retention.per_prompt``).
+    """
+    missing = [k for k in ("base", "adapter_path", "merged_path") if k not in model]
+    if missing:
+        raise ValueError(f"model: missing {', '.join(missing)}")
+    runs = {"merged": merged, "control": control, **({"adapter": adapter} if adapter is not None else {})}
+    for name, gens in runs.items():
+        _check_aligned(name, prompts, gens)
+    verdicts = {name: judge(gens) for name, gens in runs.items()}
+    metrics = _metrics(verdicts["merged"], "merged")
+    counts = heart_counts(verdicts["merged"])
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": _plain(dict(model)),
+        "config": _plain(dict(config)),
+        "versions": versions(),
+        "environment": describe(),
+        "metrics": metrics,
+        "hearts": counts,
+        "uniformity": uniformity(counts) if sum(counts.values()) else None,
+        "control": {
+            "metrics": _metrics(verdicts["control"], "control"),
+            "samples": _samples(control, verdicts["control"]),
+        },
+    }
+    if adapter is not None:
+        report["adapter"] = {"metrics": _metrics(verdicts["adapter"], "adapter")}
+        report["agreement"] = _agreement(verdicts["merged"], verdicts["adapter"])
+        if fidelity is not None:
+            report["agreement"]["logits"] = _plain(dict(fidelity))
+    if retention is not None:
+        if len(retention) != len(prompts):
+            raise ValueError(f"retention: expected one row per prompt ({len(prompts)}), got {len(retention)}")
+        report["retention"] = summarize_retention(retention)
+    if training is not None:
+        report["training"] = _plain(dict(training))
+    if data_stats is not None:
+        report["data"] = _plain(dict(data_stats))
+    report["samples"] = _samples(merged, verdicts["merged"], retention)
+    return report
+
+
+def _check_aligned(name: str, prompts: Sequence[str], gens: Sequence[Generation]) -> None:
+    if len(gens) != len(prompts):
+        raise ValueError(f"{name}: expected one generation per prompt ({len(prompts)}), got {len(gens)}")
+    for i, (prompt, g) in enumerate(zip(prompts, gens, strict=True)):
+        if g.prompt != prompt:
+            raise ValueError(f"{name}: generation {i} answers another prompt than prompts[{i}]")
+
+
+def judge(generations: Sequence[Generation]) -> list[Verdict]:
+    """The checker's verdict on every generation, with its EOS flag."""
+    return [check_response(g.response, terminated=g.terminated) for g in generations]
+
+
+def _metrics(verdicts: Sequence[Verdict], name: str) -> dict[str, dict[str, Any]]:
+    if not verdicts:
+        raise ValueError(f"{name}: no generations to judge")
+    return {check: rate.to_dict() for check, rate in summarize(verdicts).items()}
+
+
+def _agreement(merged: Sequence[Verdict], adapter: Sequence[Verdict]) -> dict[str, Any]:
+    """Share of prompts where the 4-bit adapter's verdict equals the merged one's; McNemar between them."""
+    same = rate_of(m.passed == a.passed for m, a in zip(merged, adapter, strict=True))
+    test = mcnemar_exact([m.single_emoji for m in merged], [a.single_emoji for a in adapter])
+    return {**same.to_dict(), "mcnemar_single_emoji": {**test.to_dict(), "a": "merged", "b": "adapter"}}
+
+
+def _samples(gens: Sequence[Generation], verdicts: Sequence[Verdict],
+             retention: Sequence[Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    rows = [{**g.to_dict(), "verdict": v.to_dict()} for g, v in zip(gens, verdicts, strict=True)]
+    for row, kept in zip(rows, retention or (), strict=False):
+        row["retention"] = dict(kept)
+    return rows
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-able copy: other objects as strings, tuples as lists, NaN/inf as None (JSON has neither)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    return str(obj)
