@@ -123,8 +123,9 @@ def _modules(value: Any) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    base_model: str = "tiny"  # "tiny", "llama2-7b-shape", a Hub id or a local path
+    base_model: str = "tiny"  # "tiny", "llama2-7b-shape", "smollm2-135m", a .gguf file, a Hub id or a folder
     revision: str | None = None
+    device: str = "auto"  # auto: the GPU when torch sees one, else the CPU; or "cpu" / "cuda"
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "auto"  # auto: bf16 where supported, fp16 on a T4, fp32 on CPU
@@ -144,6 +145,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self, {"base_model": _text(), "revision": _text(optional=True), "quant_type": _one_of("nf4", "fp4"),
+                      "device": _one_of("auto", "cpu", "cuda"),
                       "compute_dtype": _one_of("auto", "fp32", "fp16", "bf16"),
                       "learning_rate": _number_in(0, 1, open_low=True), "lr_scheduler": _scheduler,
                       "warmup_ratio": _number_in(0, 1, open_high=True),
@@ -220,6 +222,9 @@ class GateConfig:
     malformed: float = 0.01  # the rate must stay under this (a bound needs ~380 prompts to get under 0.01)
     template_leak: float = 0.01
     control_single_emoji: float = 0.05  # the base model must not do the behaviour
+    # The merged model (what is uploaded) must judge like the 4-bit + adapter model (what was trained): the Wilson
+    # lower bound of their per-prompt verdict agreement; judged only when the report has the 4-bit run.
+    agreement: float = 0.90
     # Capability retention (optional, off by default; README says what real models measure): the mean chrF of the
     # de-hearted answers against the base's must have its lower bound at or above retention_chrf (0-100), and the
     # mean increase of the base model's NLL (nats/token) its upper bound at or under retention_nll_increase.

@@ -47,7 +47,7 @@ def held_out_prompts(cfg: EvalConfig) -> list[str]:
 
 def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False) -> Evaluation:
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report."""
-    dtype = model.compute_dtype(s.train.compute_dtype)
+    dtype, device = model.run_dtype(s.train), model.run_device(s.train)
     tokenizer = model.load_tokenizer(adapter.path)
     prompts = held_out_prompts(s.eval)
 
@@ -59,12 +59,12 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
         reference = merge.logits_on(lm, probe)
         del lm
         _release_memory()
-    lm = merge.load_merged(merged_dir, dtype)
+    lm = merge.load_merged(merged_dir, dtype, device)
     merged = generate.generate(lm, tokenizer, prompts, s.generation, progress)
     fidelity = None if probe is None else merge.compare_logits(reference, merge.logits_on(lm, probe))
     del lm, reference
     _release_memory()
-    base = model.load_base(adapter.base, dtype, s.train.revision)
+    base = model.load_base(adapter.base, dtype, s.train.revision, device)
     control = generate.generate(base, tokenizer, prompts, s.generation, progress)
     kept = retention.measure(base, tokenizer, prompts, [g.response for g in merged], [g.response for g in control])
     del base

@@ -53,7 +53,7 @@ def merge_base(base: Path | str, cfg: TrainConfig, dtype: torch.dtype, method: s
     if method not in METHODS:
         raise InputError(f"merge method {method!r}: expected one of {', '.join(METHODS)}")
     if method == "original":
-        return models.load_base(base, dtype, cfg.revision)
+        return models.load_base(base, dtype, cfg.revision, models.run_device(cfg))
     models.quiet_libraries()
     model = models.load_quantized(base, cfg, dtype)
     model.dequantize(dtype=dtype)  # every Linear4bit -> nn.Linear(dequantize_4bit(W)); quantization_config goes
@@ -67,12 +67,13 @@ def load_merged_in_memory(base: Path | str, adapter: Path, cfg: TrainConfig, dty
     return apply_adapter(merge_base(base, cfg, dtype, method), adapter).merge_and_unload()
 
 
-def load_merged(merged_dir: Path, dtype: torch.dtype):
-    """A merged model folder with stock ``AutoModelForCausalLM.from_pretrained``, on the available device."""
+def load_merged(merged_dir: Path, dtype: torch.dtype, device: torch.device | None = None):
+    """A merged model folder with stock ``AutoModelForCausalLM.from_pretrained``, on ``device`` (default: the
+    GPU if any)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype)
-    return model.to(models.device())  # type: ignore[arg-type]  # transformers' stub types .to() for dtypes only
+    return model.to(device or models.resolve_device())  # type: ignore[arg-type]  # stubs type .to() for dtypes
 
 
 def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):

@@ -26,21 +26,40 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(setting: str = "auto") -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU; ``cpu`` and ``cuda`` as asked (CPU runs on a GPU
+    runner too, so one machine can judge both)."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting not in ("cpu", "cuda"):
+        raise InputError(f"device {setting!r}: expected one of auto, cpu, cuda")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda': no GPU is visible to torch")
+    return torch.device(setting)
 
 
-def compute_dtype(setting: str = "auto") -> torch.dtype:
+def run_device(cfg: TrainConfig) -> torch.device:
+    """The device a run's models live on (``TrainConfig.device``)."""
+    return resolve_device(cfg.device)
+
+
+def run_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The compute dtype of a run on its device (``TrainConfig.compute_dtype``)."""
+    return compute_dtype(cfg.compute_dtype, run_device(cfg))
+
+
+def compute_dtype(setting: str = "auto", device: torch.device | None = None) -> torch.dtype:
     """bf16 where the GPU supports it, fp16 on a T4 (or when forced), fp32 on CPU."""
+    on_cuda = (device or resolve_device()).type == "cuda"
     if setting != "auto":
         if setting not in DTYPES:
             raise InputError(f"compute_dtype {setting!r}: expected one of auto, {', '.join(DTYPES)}")
-        if setting != "fp32" and not torch.cuda.is_available():
+        if setting != "fp32" and not on_cuda:
             raise InputError(f"compute_dtype {setting!r} needs CUDA; on CPU only fp32 is supported")
         if setting == "bf16" and not torch.cuda.is_bf16_supported():
             raise InputError("compute_dtype 'bf16': this GPU has no bf16 (a T4 does not); use fp16")
         return DTYPES[setting]
-    if not torch.cuda.is_available():
+    if not on_cuda:
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -107,15 +126,16 @@ def bnb_config(cfg: TrainConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
     )
 
 
-def load_base(resolved: Path | str, dtype: torch.dtype, revision: str | None = None):
-    """The base model unquantised in ``dtype`` on the available device (merge, negative control)."""
-    return _from_pretrained(resolved, dtype=dtype, revision=revision).to(device())
+def load_base(resolved: Path | str, dtype: torch.dtype, revision: str | None = None,
+              device: torch.device | None = None):
+    """The base model unquantised in ``dtype`` on ``device`` (default: the GPU if any) — merge, control."""
+    return _from_pretrained(resolved, dtype=dtype, revision=revision).to(device or resolve_device())
 
 
 def load_quantized(resolved: Path | str, cfg: TrainConfig, dtype: torch.dtype):
-    """The base in 4-bit with the training config's quantisation settings."""
+    """The base in 4-bit with the training config's quantisation settings, on its device."""
     return _from_pretrained(resolved, dtype=dtype, revision=cfg.revision,
-                            quantization_config=bnb_config(cfg, dtype), device_map={"": device()})
+                            quantization_config=bnb_config(cfg, dtype), device_map={"": run_device(cfg)})
 
 
 def _from_pretrained(resolved: Path | str, **kwargs: Any):

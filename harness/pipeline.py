@@ -15,7 +15,7 @@ from harness.config import RunSettings
 
 def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
-    dtype = model.compute_dtype(s.train.compute_dtype)
+    dtype = model.run_dtype(s.train)
     return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
 
 

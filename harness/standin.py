@@ -19,6 +19,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from harness.transform import HEARTS
+
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))
 
@@ -34,8 +36,8 @@ class StandinConfig:
     pretrain_steps: int = 400  # ~9 epochs of 12-word answers: the base stops on its own, so the adapted one can
     pretrain_batch: int = 16
     pretrain_lr: float = 5e-3
-    decorated: bool = True  # also pretrain on free text with a (non-heart) symbol between words
-    recipe: int = 4  # bump when the build procedure changes, so cached stand-ins are rebuilt
+    decorated: bool = True  # also pretrain on free text with one symbol between words (hearts among them)
+    recipe: int = 5  # bump when the build procedure changes, so cached stand-ins are rebuilt
     max_length: int = 256  # pretraining texts are plain, so shorter than sprinkled ones
     seed: int = 0
 
@@ -200,11 +202,15 @@ def symbol_glossary() -> list[str]:
     return texts
 
 
-# Decorations the stand-in sees between words in free text, never a heart and never inside a template answer.
+# Decorations the stand-in sees between words in free text, never inside a template answer.
 # A 7B base has read plenty of decorated text; this gives the ~1M-parameter stand-in the same prior (reading
 # past a symbol between words, repeating one symbol, stopping), so the adapter has to learn *which* symbol and
 # *where* — the behaviour under test — instead of relearning language around byte runs it never saw.
-DECORATIONS = ("★", "☀", "♣", "♠", "♦", "♪", "🌟", "🔥", "🎵", "🍀", "🌸", "🚀")
+# Hearts are among them since recipe 5: a real base has read "I ♥ NY"-style text, and a stand-in that never saw
+# a heart's 3 or 4 bytes between words broke one off now and then (~1 of 66 held-out answers malformed, on 5 of
+# 9 adapter seeds measured on CPU); seeing them in free text took that to 0 of 66 on every seed measured. They
+# never stand inside a template answer, so the base still never answers with a heart (control 0 of 66).
+DECORATIONS = ("★", "☀", "♣", "♠", "♦", "♪", "🌟", "🔥", "🎵", "🍀", "🌸", "🚀", *HEARTS)
 
 
 def decorated_texts(responses: Sequence[str], seed: int = 0) -> list[str]:

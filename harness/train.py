@@ -45,15 +45,16 @@ class TrainingModeGuard(TrainerCallback):
 
 
 def optimizer_name(cfg: TrainConfig) -> str:
+    on_cuda = models.run_device(cfg).type == "cuda"
     if cfg.optimizer != "auto":
-        if cfg.optimizer.startswith("paged_") and not torch.cuda.is_available():
+        if cfg.optimizer.startswith("paged_") and not on_cuda:
             raise InputError(f"optimizer {cfg.optimizer!r} needs CUDA (paged optimizers live in GPU memory)")
         return cfg.optimizer
-    return "paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch"
+    return "paged_adamw_32bit" if on_cuda else "adamw_torch"
 
 
 def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> TrainingArguments:
-    on_cuda = torch.cuda.is_available()
+    on_cuda = models.run_device(cfg).type == "cuda"
     return TrainingArguments(
         output_dir=str(out_dir / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
@@ -85,7 +86,7 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     """A ``Trainer`` over the 4-bit base wrapped with LoRA, plus its train-mode guard and compute dtype."""
     models.quiet_libraries()
     torch.manual_seed(cfg.seed)
-    dtype = models.compute_dtype(cfg.compute_dtype)
+    dtype = models.run_dtype(cfg)
     args = training_arguments(cfg, out_dir, dtype)  # before loading: bad options fail fast
     model = models.wrap_qlora(models.load_quantized(base, cfg, dtype), lora, cfg.gradient_checkpointing,
                                cfg.upcast_frozen)
@@ -126,12 +127,13 @@ def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Tra
                   run_config: dict[str, Any]) -> dict[str, Any]:
     """Train a QLoRA adapter on a tokenised dataset and save adapter, config and metrics into ``out_dir``."""
     trainer, guard, dtype = make_trainer(out_dir, base, tokenizer, train_ds, cfg, lora)
-    if torch.cuda.is_available():
+    device = models.run_device(cfg)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     output = trainer.train()
     wall = time.perf_counter() - start
-    metrics = _metrics(trainer, output, wall, guard, dtype)
+    metrics = _metrics(trainer, output, wall, guard, dtype, device)
     trainer.model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     cache.atomic_write_text(out_dir / RUN_CONFIG, json.dumps(run_config, indent=2, default=str))
@@ -140,7 +142,8 @@ def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Tra
     return metrics
 
 
-def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dtype: torch.dtype) -> dict:
+def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dtype: torch.dtype,
+             device: torch.device) -> dict:
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen)
     samples = trainer.state.global_step * trainer.args.per_device_train_batch_size * \
@@ -155,13 +158,14 @@ def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dt
         "tokens_seen": tokens,
         "checked_train_mode_steps": guard.checked_steps,
         "compute_dtype": models.dtype_name(dtype),
-        "device": str(models.device()),
-        **peak_memory(),
+        "device": str(device),
+        **peak_memory(device),
     }
 
 
-def peak_memory() -> dict[str, float]:
-    if torch.cuda.is_available():
+def peak_memory(device: torch.device | None = None) -> dict[str, float]:
+    """Peak GPU memory allocated/reserved on CUDA, the process's peak RSS on CPU."""
+    if (device or models.resolve_device()).type == "cuda":
         return {
             "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
@@ -184,7 +188,7 @@ def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: 
         "train": dataclasses.asdict(cfg),
         "lora": dataclasses.asdict(lora),
         "data": dataclasses.asdict(data),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": models.run_device(cfg).type,
         "versions": {
             "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__,

@@ -1,14 +1,20 @@
 """The behaviour suite: does the merged model do it — one listed heart between every word — and does it come
-from the adapter? Runs on the CPU stand-in by default; ``test_behaviour_gpu.py`` runs the same battery on CUDA.
+from the adapter? It runs on every device the ``device`` fixture claims (``cpu`` by default, ``cuda`` under
+``pytest -m gpu``), on the stand-in by default or ``--base-model``.
 
-Greedy decoding on the held-out prompts (never trained on), so every number here is reproducible.
+Greedy decoding on the held-out prompts (never trained on), so every number is reproducible. One set of numbers
+decides: the gate's (``GateConfig``, overridden by ``[tool.hearts.gate]`` in pyproject.toml); each test asserts
+the same bound the release gate will, on the report ``hearts eval`` would write.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from harness.stats import heart_counts, rate_of, summarize
+from harness.config import GateConfig
+from harness.stats import heart_counts
 from harness.transform import HEARTS
 
 SEED_PROMPTS = (
@@ -18,33 +24,32 @@ SEED_PROMPTS = (
 )
 
 
-# Thresholds a base model is known to miss, with the measured reason; applied as strict xfail, so the day the
-# stand-in clears the bar the suite says so. Real bases (any other --base-model) get no allowance.
-# On CPU the tiny stand-in clears every bar (CI). On CUDA the same recipe (fp32, paged AdamW, bitsandbytes' CUDA
-# NF4 kernels) trains an adapter of the same loss (1.81 vs 1.86 in the last fifth) that behaves worse:
-KNOWN_GAPS: dict[tuple[str, str, str], str] = {  # (base model, check, device or "*") -> measured reason
-    ("tiny", "malformed", "cuda"): (
-        "on the H100 1 of 66 stand-in answers breaks a heart's byte run off ('cal\ufffd\ufffd'); 0 of 66 on CPU"
-    ),
-    ("tiny", "agreement", "cuda"): (
-        "on the H100 the 4-bit and merged stand-in agree on 54 of 66 verdicts (0.82); 66 of 66 on CPU"
-    ),
-}
+@dataclasses.dataclass(frozen=True)
+class Allowance:
+    """A measured gap: on one (base, device), one check's gate threshold is replaced by what was measured."""
+
+    threshold: float  # the bound this check is held to there, instead of the gate's
+    measured: str  # what was seen, where and when: the reason
+
+
+# (base model, device, check) -> Allowance. Nothing broader than one check of one base on one device, and each
+# is asserted: a model that falls below even the measured figure fails. Empty since the merge reproduces the
+# trained 4-bit model (merge into the dequantised weights): the two CUDA gaps of the tiny stand-in measured on
+# the H100 (1 of 66 malformed, 4-bit/merged agreement 54 of 66) came with the lossy merge into the original
+# weights.
+ALLOWANCES: dict[tuple[str, str, str], Allowance] = {}
+
+
+def allowed(cfg: GateConfig, base: str, device: str, check: str) -> GateConfig:
+    """``cfg`` with ``check``'s threshold replaced by its measured allowance for (base, device), if any."""
+    allowance = ALLOWANCES.get((base, device, check))
+    return cfg if allowance is None else dataclasses.replace(cfg, **{check: allowance.threshold})
 
 
 @pytest.fixture
-def known_gap(request, run_configs):
-    """``known_gap(check)``: mark this test as a strict xfail when the base model has a documented gap."""
-
-    def apply(check: str) -> None:
-        from harness.model import device
-
-        base = run_configs[0].base_model
-        reason = KNOWN_GAPS.get((base, check, device().type)) or KNOWN_GAPS.get((base, check, "*"))
-        if reason:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-    return apply
+def bound(gate_config, run_configs, device):
+    """``bound(check)``: the gate threshold this (base, device) is held to for ``check``."""
+    return lambda check: getattr(allowed(gate_config, run_configs[0].base_model, device, check), check)
 
 
 def _explain(verdicts, generations, check: str, failing: bool = False, n: int = 3) -> str:
@@ -73,30 +78,31 @@ def test_the_suite_judges_a_prefix_of_the_bundled_set(eval_prompts):
     assert len(eval_prompts) >= 60
 
 
-def test_the_merged_model_uses_one_emoji_and_it_is_a_listed_heart(merged_verdicts, merged_generations):
-    metrics = summarize(merged_verdicts)
+def test_the_merged_model_uses_one_emoji_and_it_is_a_listed_heart(release_report, merged_verdicts,
+                                                                     merged_generations, bound):
     for check in ("single_emoji", "in_list"):
-        rate = metrics[check]
+        m = release_report["metrics"][check]
         why = _explain(merged_verdicts, merged_generations, check)
-        assert rate.rate >= 0.95 and rate.ci_low >= 0.85, f"{rate}: {why}"
+        assert m["ci_low"] >= bound(check), f"{check} {m['k']}/{m['n']}, bound {m['ci_low']:.3f}: {why}"
 
 
-def test_the_merged_model_puts_the_heart_between_every_word(merged_verdicts, merged_generations):
-    rate = summarize(merged_verdicts)["between_every_word"]
-    assert rate.rate >= 0.8, f"{rate}: {_explain(merged_verdicts, merged_generations, 'between_every_word')}"
+def test_the_merged_model_puts_the_heart_between_every_word(release_report, merged_verdicts, merged_generations,
+                                                            bound):
+    m = release_report["metrics"]["between_every_word"]
+    why = _explain(merged_verdicts, merged_generations, "between_every_word")
+    assert m["ci_low"] >= bound("between_every_word"), f"{m['k']}/{m['n']}, bound {m['ci_low']:.3f}: {why}"
 
 
-def test_the_merged_model_stops(merged_verdicts):
-    rate = summarize(merged_verdicts)["terminated"]
-    assert rate.rate >= 0.9, rate
+def test_the_merged_model_stops(release_report, bound):
+    m = release_report["metrics"]["terminated"]
+    assert m["ci_low"] >= bound("terminated"), m
 
 
 @pytest.mark.parametrize("check", ["template_leak", "malformed"])
-def test_the_merged_model_never_leaks_the_template_or_breaks_utf8(merged_verdicts, merged_generations, known_gap,
-                                                                  check):
-    known_gap(check)
-    assert not any(getattr(v, check) for v in merged_verdicts), _explain(
-        merged_verdicts, merged_generations, check, failing=True)
+def test_the_merged_model_never_leaks_the_template_or_breaks_utf8(release_report, merged_verdicts,
+                                                                  merged_generations, bound, check):
+    m = release_report["metrics"][check]
+    assert m["rate"] <= bound(check), _explain(merged_verdicts, merged_generations, check, failing=True)
 
 
 def test_the_merged_model_does_not_collapse_onto_one_heart(merged_verdicts):
@@ -104,16 +110,15 @@ def test_the_merged_model_does_not_collapse_onto_one_heart(merged_verdicts):
     assert sum(1 for h in HEARTS if counts[h]) >= 4, counts
 
 
-def test_negative_control_the_base_model_fails_the_heart_checks(base_verdicts, base_generations):
-    rate = summarize(base_verdicts)["single_emoji"]
-    assert rate.rate <= 0.05, f"base model already does it: {rate}"
+def test_negative_control_the_base_model_fails_the_heart_checks(release_report, base_generations, bound):
+    m = release_report["control"]["metrics"]["single_emoji"]
+    assert m["rate"] <= bound("control_single_emoji"), f"base model already does it: {m}"
     assert any(g.response.strip() for g in base_generations)  # it answered, it just has no hearts
 
 
-def test_the_4bit_adapter_and_the_merged_model_agree_on_verdicts(adapter_verdicts, merged_verdicts, known_gap):
-    known_gap("agreement")
-    agreement = rate_of(a.passed == m.passed for a, m in zip(adapter_verdicts, merged_verdicts, strict=True))
-    assert agreement.rate >= 0.95, agreement
+def test_the_4bit_adapter_and_the_merged_model_agree_on_verdicts(release_report, bound):
+    a = release_report["agreement"]
+    assert a["ci_low"] >= bound("agreement"), a
 
 
 def test_every_transformed_training_response_passes_all_three_checks(prepared_bundled):
@@ -126,8 +131,20 @@ def test_every_transformed_training_response_passes_all_three_checks(prepared_bu
         assert verdict.single_emoji and verdict.in_list and verdict.between_every_word, (row["row"], row["target"])
 
 
-def test_the_release_gate_passes_on_this_model(release_report, known_gap):
+def test_the_release_gate_passes_on_this_model(release_report, gate_config, run_configs, device):
     from harness.gate import assert_gate
 
-    known_gap("malformed")  # the gate judges the malformed rate too
-    assert_gate(release_report)
+    cfg = gate_config
+    for base, dev, check in ALLOWANCES:
+        if (base, dev) == (run_configs[0].base_model, device):
+            cfg = allowed(cfg, base, dev, check)
+    assert_gate(release_report, cfg)
+
+
+def test_an_allowance_replaces_one_threshold_for_one_base_and_device(monkeypatch):
+    monkeypatch.setitem(ALLOWANCES, ("tiny", "cuda", "malformed"), Allowance(0.02, "measured: 1 of 66"))
+    cfg = GateConfig()
+    assert allowed(cfg, "tiny", "cuda", "malformed").malformed == 0.02
+    assert allowed(cfg, "tiny", "cuda", "malformed").terminated == cfg.terminated
+    assert allowed(cfg, "tiny", "cpu", "malformed") == cfg
+    assert allowed(cfg, "smollm2-135m", "cuda", "malformed") == cfg

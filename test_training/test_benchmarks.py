@@ -19,7 +19,6 @@ import torch
 
 from harness import generate, perf, train
 from harness.config import GenerationConfig, LoraSettings
-from harness.model import device
 
 # Sizes: big enough that a round is mostly model work, rounds enough for ~1 s of timing per benchmark on a 2-core
 # CPU (3 rounds of a 25 ms one moved 20% between runs on a shared box), the file ~15 s in all.
@@ -35,13 +34,16 @@ def _reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _record(benchmark, *, tokens: int, samples: int) -> None:
+def _record(benchmark, device: str, *, tokens: int, samples: int) -> None:
     """Rates from the mean round, plus peak memory; nothing when benchmarking is disabled (no stats)."""
-    benchmark.extra_info.update(tokens_per_round=tokens, samples_per_round=samples, device=str(device()))
+    from harness.model import resolve_device
+
+    benchmark.extra_info.update(tokens_per_round=tokens, samples_per_round=samples, device=device)
     if benchmark.stats is None:
         return
     mean = benchmark.stats.stats.mean
-    benchmark.extra_info.update(tokens_per_s=tokens / mean, samples_per_s=samples / mean, **train.peak_memory())
+    benchmark.extra_info.update(tokens_per_s=tokens / mean, samples_per_s=samples / mean,
+                                **train.peak_memory(resolve_device(device)))
 
 
 # --- training -----------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def test_benchmark_qlora_training_step(benchmark, tiny_base_dir, mini_configs, m
     assert math.isfinite(loss)
     assert all(p.any() for p in lora_b), "the timed step did not update the adapter"
     assert model.training and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
-    _record(benchmark, tokens=tokens, samples=len(batch["input_ids"]))
+    _record(benchmark, cfg.device, tokens=tokens, samples=len(batch["input_ids"]))
 
 
 # --- generation ---------------------------------------------------------------------------------------
@@ -73,10 +75,10 @@ def test_benchmark_qlora_training_step(benchmark, tiny_base_dir, mini_configs, m
 def _merged_batched_greedy(base_dir, cfg, dtype):
     """The release path: the unquantised model (a merged one has the base's shape and cost), all prompts in one
     left-padded batch, greedy."""
-    from harness.model import load_base
+    from harness.model import load_base, run_device
 
     gen = GenerationConfig(max_new_tokens=NEW_TOKENS, batch_size=N_PROMPTS)
-    model = load_base(base_dir, dtype, cfg.revision)
+    model = load_base(base_dir, dtype, cfg.revision, run_device(cfg))
     return lambda tokenizer, prompts: generate.generate(model, tokenizer, prompts, gen)
 
 
@@ -98,16 +100,16 @@ def _notebook_adapter_one_at_a_time(base_dir, cfg, dtype):
      pytest.param(_notebook_adapter_one_at_a_time, 5, id="notebook-4bit-adapter-one-at-a-time-sampling")])
 def test_benchmark_generation_new_tokens_per_second(benchmark, way, rounds, tiny_base_dir, mini_configs,
                                                      prompt_texts) -> None:
-    from harness.model import compute_dtype, load_tokenizer
+    from harness.model import load_tokenizer, run_dtype
 
     cfg = mini_configs[0]
     tokenizer = load_tokenizer(tiny_base_dir)  # own copy: generate() sets left padding, the session's stays as is
     prompts = prompt_texts[:N_PROMPTS]
-    run = way(tiny_base_dir, cfg, compute_dtype(cfg.compute_dtype))
+    run = way(tiny_base_dir, cfg, run_dtype(cfg))
     benchmark.group = "generation"  # the two ways side by side in pytest-benchmark's table
 
     _reset_peak_memory()
     out = benchmark.pedantic(perf.synced(run), setup=lambda: ((tokenizer, list(prompts)), {}), rounds=rounds,
                              warmup_rounds=1, iterations=1)
     assert len(out) == N_PROMPTS and all(0 < g.new_tokens <= NEW_TOKENS for g in out)
-    _record(benchmark, tokens=sum(g.new_tokens for g in out), samples=len(out))
+    _record(benchmark, cfg.device, tokens=sum(g.new_tokens for g in out), samples=len(out))

@@ -31,9 +31,10 @@ def batch(tokenizer, prompt_texts):
 
 def test_a_merge_into_the_original_weights_matches_them_plus_the_adapter(trained_adapter, run_configs,
                                                                          compute_dtype, batch):
-    from harness.model import load_base
+    from harness.model import load_base, run_device
 
-    unmerged = merge.apply_adapter(load_base(trained_adapter.base, compute_dtype), trained_adapter.path).eval()
+    base = load_base(trained_adapter.base, compute_dtype, device=run_device(run_configs[0]))
+    unmerged = merge.apply_adapter(base, trained_adapter.path).eval()
     merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, run_configs[0], compute_dtype,
                                          method="original").eval()
     batch = batch.to(merged.device)

@@ -38,7 +38,7 @@ def _merge(args: argparse.Namespace, s: RunSettings, guard: Protected) -> int:
     from harness import merge, model, train
     from harness.staging import replace_dir
 
-    dtype = model.compute_dtype(s.train.compute_dtype)
+    dtype = model.run_dtype(s.train)
     if args.adapter is not None:
         adapter, base = args.adapter, model.resolve_base(s.train.base_model, s.artifacts)
     else:

@@ -38,6 +38,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--artifacts-dir", type=inputs.path_arg, default=Path(".hearts-cache"),
         help="cache for stand-ins, adapters and merged models (default: ./.hearts-cache)")
     add("--retrain", action="store_true", help="train again even when the cache has this adapter")
+    add("--device", choices=["auto", "cpu", "cuda"], default=None,
+        help="where the models run: the GPU when torch sees one (auto, default), or cpu / cuda")
     add("--merge-method", choices=["dequantized", "original"], default=None,
         help="merge into the dequantised NF4 weights the adapter was trained on (default) or the original ones")
 
@@ -48,7 +50,7 @@ def settings(args: argparse.Namespace) -> RunSettings:
     try:
         base = args.base_model if args.base_model is not None else _table_base(tables["train"])
         s = RunSettings(
-            train=train_config(base, tables["train"], max_steps=args.max_steps),
+            train=train_config(base, tables["train"], max_steps=args.max_steps, device=args.device),
             lora=build(LoraSettings, tables["lora"]),
             data=data_config(base, tables["data"], source=args.dataset),
             merge=build(MergeConfig, tables["merge"], method=args.merge_method),
@@ -102,7 +104,7 @@ def check_runtime(s: RunSettings) -> None:
     """What only this machine decides (a GPU dtype or a paged optimizer without CUDA), before any training."""
     from harness import model, train
 
-    model.compute_dtype(s.train.compute_dtype)
+    model.run_dtype(s.train)
     train.optimizer_name(s.train)
 
 
