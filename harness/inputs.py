@@ -98,11 +98,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: str, *, big_ints: bool = False) -> Any:
     """``json.loads`` that refuses what the libraries downstream mishandle; ValueError says what, in words.
 
-    Refused: duplicate keys (the last would win silently), NaN/Infinity, integers beyond int64, nesting
-    deeper than MAX_DEPTH. A ``json.JSONDecodeError`` (a ValueError) is left for the caller to place.
+    Refused: duplicate keys (the last would win silently), NaN/Infinity, integers beyond int64 (unless
+    ``big_ints``), nesting deeper than MAX_DEPTH. A ``json.JSONDecodeError`` (a ValueError) is left for the
+    caller to place.
     """
     try:
         value = json.loads(text, parse_constant=_NonFinite, object_pairs_hook=_unique_keys)
@@ -110,20 +111,20 @@ def parse_json(text: str) -> Any:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     except _DuplicateKey as err:
         raise ValueError(f"duplicate key {err.args[0]!r}") from None
-    problem = tree_problem(value)
+    problem = tree_problem(value, big_ints=big_ints)
     if problem:
         raise ValueError(problem)
     return value
 
 
-def tree_problem(value: Any, at: str = "") -> str | None:
+def tree_problem(value: Any, at: str = "", *, big_ints: bool = False) -> str | None:
     """The first non-finite number, out-of-range integer or too-deep nesting, named by its key path."""
     stack: list[tuple[Any, str, int]] = [(value, at, 0)]
     while stack:  # iterative: a recursive walk would overflow on exactly the input it exists to reject
         item, where, depth = stack.pop()
         if isinstance(item, _NonFinite) or (isinstance(item, float) and not math.isfinite(item)):
             return f"{where or 'the document'} is {item} (expected a finite number)"
-        if isinstance(item, int) and not isinstance(item, bool) and not -INT64 <= item < INT64:
+        if not big_ints and isinstance(item, int) and not isinstance(item, bool) and not -INT64 <= item < INT64:
             return f"{where or 'the document'} is an integer beyond 64 bits"
         if isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
@@ -134,14 +135,15 @@ def tree_problem(value: Any, at: str = "") -> str | None:
     return None
 
 
-def read_json(path: str | Path, label: str | None = None, *, expected: str = "a JSON document") -> Any:
+def read_json(path: str | Path, label: str | None = None, *, expected: str = "a JSON document",
+              big_ints: bool = False) -> Any:
     """A JSON file, strictly: UTF-8, valid, not empty, and what ``parse_json`` accepts."""
     label = label or str(path)
     text = decode_utf8(read_bytes(path, label), label)
     if not text.strip():
         raise InputError(f"{label}: file is empty (expected {expected})")
     try:
-        return parse_json(text)
+        return parse_json(text, big_ints=big_ints)
     except json.JSONDecodeError as err:
         raise InputError(f"{label}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") \
             from None
@@ -149,10 +151,10 @@ def read_json(path: str | Path, label: str | None = None, *, expected: str = "a 
         raise InputError(f"{label}: {err}") from None
 
 
-def read_json_object(path: str | Path, label: str | None = None, *, expected: str = "a JSON object"
-                     ) -> dict[str, Any]:
+def read_json_object(path: str | Path, label: str | None = None, *, expected: str = "a JSON object",
+                     big_ints: bool = False) -> dict[str, Any]:
     label = label or str(path)
-    value = read_json(path, label, expected=expected)
+    value = read_json(path, label, expected=expected, big_ints=big_ints)
     if not isinstance(value, dict):
         raise InputError(f"{label}: expected {expected}, got {kind_of(value)}")
     return value
@@ -411,8 +413,8 @@ def check_tokenizer_dir(path: Path, flag: str = "--tokenizer") -> Path:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise InputError(f"{flag} {path}: no tokenizer ({', '.join(TOKENIZER_FILES)})")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (path / name).is_file():
-            read_json_object(path / name, f"{flag} {path}: {name}")
+        if (path / name).is_file():  # transformers writes model_max_length = int(1e30) for "no limit"
+            read_json_object(path / name, f"{flag} {path}: {name}", big_ints=True)
     return path
 
 
