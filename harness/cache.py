@@ -124,6 +124,12 @@ def cached(
     return final, True
 
 
+def lookup(root: Path, kind: str, material: Mapping[str, Any]) -> Path | None:
+    """The complete entry for ``material``, or None (nothing is built)."""
+    final = Path(root) / kind / cache_key(material)
+    return final if is_complete(final) else None
+
+
 def _sweep_temps(folder: Path, key: str) -> None:
     for leftover in [*folder.glob(f"{_TMP_PREFIX}{key}-*"), *folder.glob(f"{_TMP_PREFIX}old-{key}-*")]:
         shutil.rmtree(leftover, ignore_errors=True)

@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("merge", "merge"),
     ("generate", "generate"),
     ("eval", "eval"),
+    ("judge", "judge"),
     ("run", "run"),
     ("gate", "gate"),
     ("bench", "bench"),

@@ -6,20 +6,27 @@ one left behind:
 
 1. the 4-bit base + adapter, as trained (``[eval] with_adapter``): its answers, for the merged model's verdict
    agreement, and its logits on a few of those answers, the reference for the merge's logit fidelity;
-2. the merged model, the release: its answers, and its logits on the same inputs;
+2. the merged model, the release: its greedy answers, its logits on the same inputs, and — with
+   ``[eval] samples`` K > 0 — K seeded samples per prompt at each of ``[eval] temperatures``;
 3. the base model, the negative control: its answers, then its NLL of both answer sets (capability retention).
+
+Answers and measurements come from the generation cache (``harness.answers``) when their inputs are unchanged,
+and a model is loaded only when something it must produce is missing: re-judging after a checker or gate
+change loads no model at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness import data, generate, merge, model, retention
+from harness import answers, cache, data, generate, merge, model, retention
 from harness.config import EvalConfig, RunSettings
 from harness.generate import Generation
 from harness.report import build_report
@@ -37,7 +44,9 @@ class Evaluation:
     merged: list[Generation]
     control: list[Generation]
     adapter: list[Generation] | None
+    sampled: dict[float, list[Generation]]  # temperature -> K answers per prompt, prompt-major
     report: dict[str, Any]
+    generated: tuple[str, ...]  # which answer sets were generated now (the rest came from the cache)
 
 
 def held_out_prompts(cfg: EvalConfig) -> list[str]:
@@ -45,52 +54,149 @@ def held_out_prompts(cfg: EvalConfig) -> list[str]:
     return generate.prompts_for(data.load_eval_prompts(cfg.prompts)[: cfg.max_prompts])
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one evaluation needs and has so far: settings, identities (cache keys) and outputs."""
+
+    s: RunSettings
+    adapter: TrainedAdapter
+    merged_dir: Path
+    tokenizer: Any
+    prompts: list[str]
+    progress: bool
+    keys: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, list[Generation]] = dataclasses.field(default_factory=dict)
+    generated: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def use_cache(self) -> bool:
+        return self.s.eval.generation_cache and not self.s.retrain
+
+
 def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False) -> Evaluation:
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report."""
-    dtype, device = model.run_dtype(s.train), model.run_device(s.train)
-    tokenizer = model.load_tokenizer(adapter.path)
-    prompts = held_out_prompts(s.eval)
+    run = _Run(s, adapter, merged_dir, model.load_tokenizer(adapter.path), held_out_prompts(s.eval), progress)
+    run.keys = _identities(run)
+    for name, key in run.keys.items():
+        found = answers.lookup_answers(s.artifacts, key) if run.use_cache else None
+        if found is not None:
+            run.outputs[name] = found
+    measure_key = {"answers": {name: cache.cache_key(key) for name, key in run.keys.items()},
+                   "fidelity_prompts": FIDELITY_PROMPTS}
+    measured = answers.lookup_json(s.artifacts, "measurements", measure_key) if run.use_cache else None
+    fresh = _run_models(run, need_measure=measured is None)
+    if measured is None:
+        measured = fresh
+        if run.use_cache:
+            answers.store_json(s.artifacts, "measurements", measure_key, measured)
+    return _assemble(run, measured)
 
-    unmerged, reference, probe = None, None, None
+
+def _identities(run: _Run) -> dict[str, dict[str, Any]]:
+    """The cache key material of each answer set: the model's content, tokenizer, prompts and settings."""
+    s = run.s
+    base_id = model.base_fingerprint(s.train.base_model, run.adapter.base, s.train.revision)
+    shared = {"tokenizer": data.tokenizer_fingerprint(run.tokenizer), "prompts": cache.cache_key({"p": run.prompts}),
+              "dtype": model.dtype_name(model.run_dtype(s.train)), "device": model.run_device(s.train).type,
+              "generation": dataclasses.asdict(s.generation)}
+    keys = {"merged": {**shared, "model": {"merged": cache.content_digest(run.merged_dir)}},
+            "control": {**shared, "model": base_id}}
     if s.eval.with_adapter:
-        lm = merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)
-        unmerged = generate.generate(lm, tokenizer, prompts, s.generation, progress)
-        probe = _teacher_forced(tokenizer, prompts, unmerged)
-        reference = merge.logits_on(lm, probe)
+        quant = {k: getattr(s.train, k) for k in ("quant_type", "double_quant")}
+        keys["adapter"] = {**shared, "model": {"adapter": cache.content_digest(run.adapter.path), "base": base_id,
+                                               **quant}}
+    for temperature in s.eval.temperatures if s.eval.samples else ():
+        keys[f"sampled@{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
+    return keys
+
+
+def _sampling(s: RunSettings, temperature: float) -> dict[str, Any]:
+    return {"samples": s.eval.samples, "temperature": temperature, "top_p": s.eval.top_p, "seed": s.generation.seed}
+
+
+def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
+    """Load each model that must produce something (answers not cached, or measurements); returns the
+    measurements when ``need_measure``."""
+    s, dtype, device = run.s, model.run_dtype(run.s.train), model.run_device(run.s.train)
+    measured: dict[str, Any] = {}
+    probe = reference = None
+    if "adapter" in run.keys and ("adapter" not in run.outputs or need_measure):
+        lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, dtype)
+        _answer(run, "adapter", lm)
+        if need_measure:
+            probe = _teacher_forced(run.tokenizer, run.prompts, run.outputs["adapter"])
+            reference = merge.logits_on(lm, probe)
         del lm
         _release_memory()
-    lm = merge.load_merged(merged_dir, dtype, device)
-    merged = generate.generate(lm, tokenizer, prompts, s.generation, progress)
-    fidelity = None if probe is None else merge.compare_logits(reference, merge.logits_on(lm, probe))
-    del lm, reference
-    _release_memory()
-    base = model.load_base(adapter.base, dtype, s.train.revision, device)
-    control = generate.generate(base, tokenizer, prompts, s.generation, progress)
-    kept = retention.measure(base, tokenizer, prompts, [g.response for g in merged], [g.response for g in control])
-    del base
-    _release_memory()
+    sampled = [k for k in run.keys if k.startswith("sampled@")]
+    if any(k not in run.outputs for k in ("merged", *sampled)) or (need_measure and reference is not None):
+        lm = merge.load_merged(run.merged_dir, dtype, device)
+        _answer(run, "merged", lm)
+        for key in sampled:
+            _answer(run, key, lm, lambda lm, key=key: _samples(run, lm, float(key.split("@", 1)[1])))
+        if need_measure and probe is not None:
+            measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, probe))
+        del lm, reference
+        _release_memory()
+    if "control" not in run.outputs or need_measure:
+        lm = model.load_base(run.adapter.base, dtype, s.train.revision, device)
+        _answer(run, "control", lm)
+        if need_measure:
+            measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
+                                                      [g.response for g in run.outputs["merged"]],
+                                                      [g.response for g in run.outputs["control"]])
+        del lm
+        _release_memory()
+    return measured
+
+
+def _answer(run: _Run, name: str, lm, produce: Callable[[Any], list[Generation]] | None = None) -> None:
+    """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation."""
+    if name in run.outputs:
+        return
+    made = (produce or (lambda m: generate.generate(m, run.tokenizer, run.prompts, run.s.generation,
+                                                    run.progress)))(lm)
+    run.outputs[name] = made
+    run.generated.append(name)
+    if run.use_cache:
+        answers.store_answers(run.s.artifacts, run.keys[name], made)
+
+
+def _samples(run: _Run, lm, temperature: float) -> list[Generation]:
+    """K seeded samples per prompt (prompt-major), each with its own seed (``generate.sample_seed``)."""
+    s = run.s
+    cfg = dataclasses.replace(s.generation, do_sample=True, temperature=temperature, top_p=s.eval.top_p)
+    prompts = [p for p in run.prompts for _ in range(s.eval.samples)]
+    seeds = [generate.sample_seed(cfg.seed, p, k) for p in run.prompts for k in range(s.eval.samples)]
+    return generate.generate(lm, run.tokenizer, prompts, cfg, run.progress, seeds=seeds)
+
+
+def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
+    s, adapter = run.s, run.adapter
+    sampled = {float(k.split("@", 1)[1]): v for k, v in run.outputs.items() if k.startswith("sampled@")}
     report = build_report(
         # absolute: `hearts upload` reads these from wherever the report is, not from where eval ran
         model={"base": s.train.base_model, "base_resolved": _absolute(adapter.base),
-               "adapter_path": _absolute(adapter.path), "merged_path": _absolute(merged_dir),
-               "merge_method": s.merge.method, "compute_dtype": model.dtype_name(dtype)},
+               "adapter_path": _absolute(adapter.path), "merged_path": _absolute(run.merged_dir),
+               "merge_method": s.merge.method, "compute_dtype": model.dtype_name(model.run_dtype(s.train))},
         config={name: dataclasses.asdict(getattr(s, name)) for name in CONFIG_TABLES},
-        prompts=prompts, merged=merged, control=control, adapter=unmerged, fidelity=fidelity, retention=kept,
+        prompts=run.prompts, merged=run.outputs["merged"], control=run.outputs["control"],
+        adapter=run.outputs.get("adapter"), fidelity=measured.get("fidelity"),
+        retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )
-    return Evaluation(prompts, merged, control, unmerged, report)
+    return Evaluation(run.prompts, run.outputs["merged"], run.outputs["control"], run.outputs.get("adapter"),
+                      sampled, report, tuple(run.generated))
 
 
-def _teacher_forced(tokenizer, prompts: list[str], answers: list[Generation]) -> dict[str, torch.Tensor]:
+def _teacher_forced(tokenizer, prompts: list[str], answered: list[Generation]) -> dict[str, torch.Tensor]:
     """The first few prompts with the trained model's own answers, right-padded, for the logit comparison."""
     tokenizer.padding_side = "right"
-    texts = [p + g.response for p, g in zip(prompts[:FIDELITY_PROMPTS], answers, strict=False)]
+    texts = [p + g.response for p, g in zip(prompts[:FIDELITY_PROMPTS], answered, strict=False)]
     return tokenizer(texts, return_tensors="pt", padding=True)
 
 
 def _release_memory() -> None:
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -134,6 +134,8 @@ def checked_config(cfg: GateConfig) -> GateConfig:
     if cfg.retention_nll_increase is not None and not math.isfinite(cfg.retention_nll_increase):
         raise ConfigError(f"GateConfig.retention_nll_increase: expected a finite number, got "
                           f"{cfg.retention_nll_increase}")
+    if cfg.pass_k is not None and not 0.0 <= cfg.pass_k <= 1.0:
+        raise ConfigError(f"GateConfig.pass_k: expected a rate in [0, 1], got {cfg.pass_k}")
     if not 0.0 < cfg.mcnemar_alpha < 1.0:
         raise ConfigError(f"GateConfig.mcnemar_alpha: expected a value in (0, 1), got {cfg.mcnemar_alpha}")
     if not 0.0 <= cfg.throughput_margin < 1.0:
@@ -211,6 +213,19 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
         yield GateRow("agreement", a["rate"], (a["ci_low"], a["ci_high"]), f"ci_low >= {cfg.agreement:g}",
                       a["ci_low"] >= cfg.agreement, "merged vs trained 4-bit model, per-prompt verdicts")
     yield from retention_rows(report.get("retention"), cfg)
+    if cfg.pass_k is not None:
+        yield pass_k_row(report.get("sampled"), cfg.pass_k)
+
+
+def pass_k_row(sampled: Any, limit: float) -> GateRow:
+    """The optional pass^K threshold, on the behaviour at the first sampled temperature."""
+    if not sampled:
+        return GateRow("pass_k", math.nan, None, f"ci_low >= {limit:g}", False,
+                       "the report has no sampled answers ([eval] samples)")
+    block = sampled[0]
+    m = block["checks"]["behaviour"]["pass_k"]
+    return GateRow("pass_k", m["rate"], (m["ci_low"], m["ci_high"]), f"ci_low >= {limit:g}", m["ci_low"] >= limit,
+                   f"all {block['samples']} samples pass, T={block['temperature']:g}")
 
 
 def retention_rows(block: Mapping[str, Any] | None, cfg: GateConfig) -> Iterator[GateRow]:

@@ -149,3 +149,45 @@ def summarize(verdicts: Sequence[Verdict], confidence: float = 0.95) -> dict[str
         for name, flags in _flags(verdicts).items()
         if any(f is not None for f in flags)
     }
+
+
+# --- sampled answers: K per prompt ---------------------------------------------------------------------
+
+
+def _pass_flags(verdict: Verdict, check: str) -> bool | None:
+    """Whether one answer does well on ``check`` (a fault check: its absence); None when it does not apply."""
+    if check == "behaviour":
+        return verdict.passed
+    flag = _flags([verdict])[check][0]
+    if flag is None:
+        return None
+    return not flag if check in ("malformed", "template_leak") else bool(flag)
+
+
+def sampled_summary(groups: Sequence[Sequence[Verdict]], check: str, confidence: float = 0.95) -> dict[str, Any]:
+    """K sampled answers per prompt, judged on ``check`` ("behaviour": all three checks pass).
+
+    - ``mean``: the pass rate over all samples, with a bootstrap interval that resamples *prompts* (the K
+      samples of one prompt are not independent draws of the model's behaviour);
+    - ``pass_k``: the share of prompts whose K samples all pass (Wilson, one Bernoulli per prompt) — the figure
+      a user meets when they retry;
+    - ``pass_at_k``: the share of prompts with at least one passing sample (Wilson);
+    - ``worst``: the prompt index with the fewest passing samples, and how many of K passed.
+
+    Prompts where the check applies to no sample are left out.
+    """
+    from harness.retention import mean_with_interval
+
+    rows = [[f for f in (_pass_flags(v, check) for v in group) if f is not None] for group in groups]
+    kept = [(i, r) for i, r in enumerate(rows) if r]
+    if not kept:
+        raise ValueError(f"{check}: applies to no sampled answer")
+    per_prompt = [sum(r) / len(r) for _, r in kept]
+    worst, worst_row = min(kept, key=lambda item: (sum(item[1]) / len(item[1]), item[0]))
+    return {
+        "mean": mean_with_interval(per_prompt, confidence).to_dict(),
+        "pass_k": rate_of((all(r) for _, r in kept), confidence).to_dict(),
+        "pass_at_k": rate_of((any(r) for _, r in kept), confidence).to_dict(),
+        "worst": {"prompt": worst, "passed": sum(worst_row), "of": len(worst_row)},
+        "k": max(len(r) for _, r in kept),
+    }

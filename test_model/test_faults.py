@@ -19,7 +19,7 @@ from test_model.faultkit import Workspace, case
 
 ALL = [*test_faults_prepare.CASES, *test_faults_model.CASES, *test_faults_release.CASES]
 MINIMUM = {"prepare": 40, "train": 30, "merge": 10, "generate": 10, "eval": 10, "run": 10, "gate": 30,
-           "bench": 15, "upload": 20, "env": 5}
+           "bench": 15, "upload": 20, "env": 5, "judge": 15}
 
 CLI = [
     case("hearts", "no-command", lambda ws: [], "the following arguments are required: COMMAND"),

@@ -265,7 +265,52 @@ ENV = [
     case("env", "check-without-lock", lambda ws: ["env", "--check"], "--check", "give --lock too"),
 ]
 
-CASES = [*GATE, *BENCH, *UPLOAD, *ENV]
+def _judge(ws, answers: str | bytes, control: str | bytes | None = None, *extra: str) -> list[str]:
+    good = json.dumps({"prompt": "p", "response": "a 💓 b"}) + "\n"
+    return ["judge", "--answers", ws.file("answers.jsonl", answers), "--control",
+            ws.file("control.jsonl", good if control is None else control), *extra]
+
+
+ANSWER_LINE = json.dumps({"prompt": "p", "response": "a 💓 b"}) + "\n"
+
+JUDGE = [
+    case("judge", "answers-missing", lambda ws: ["judge", "--answers", "a.jsonl", "--control", "c.jsonl"],
+         "--answers a.jsonl", "No such file"),
+    case("judge", "answers-not-given", lambda ws: ["judge", "--control", "c.jsonl"], "required: --answers"),
+    case("judge", "control-not-given", lambda ws: ["judge", "--answers", "a.jsonl"], "required: --control"),
+    case("judge", "answers-empty", lambda ws: _judge(ws, ""), "answers.jsonl: no answers"),
+    case("judge", "answers-not-utf8", lambda ws: _judge(ws, b"\xff\n"), "not UTF-8"),
+    case("judge", "answers-null-line", lambda ws: _judge(ws, ANSWER_LINE + "null\n"),
+         "line 2 is not a JSON object (got null)", "--skip-bad-lines"),
+    case("judge", "answers-broken-json", lambda ws: _judge(ws, "{prompt\n"), "line 1 is not valid JSON"),
+    case("judge", "answers-no-response", lambda ws: _judge(ws, '{"prompt": "p"}\n'), "has no 'response' string"),
+    case("judge", "answers-response-a-number", lambda ws: _judge(ws, '{"prompt": "p", "response": 3}\n'),
+         "has no 'response' string (got a number)"),
+    case("judge", "answers-no-prompt", lambda ws: _judge(ws, '{"response": "a"}\n'),
+         "neither a 'prompt' nor an 'instruction'"),
+    case("judge", "answers-context-a-list", lambda ws: _judge(ws, '{"instruction": "i", "context": [], '
+                                                                  '"response": "a"}\n'), "'context' that is not"),
+    case("judge", "answers-terminated-a-string", lambda ws: _judge(ws, '{"prompt": "p", "response": "a", '
+                                                                       '"terminated": "yes"}\n'), "'terminated'"),
+    case("judge", "answers-tokens-negative", lambda ws: _judge(ws, '{"prompt": "p", "response": "a", '
+                                                                   '"new_tokens": -1}\n'), "'new_tokens'"),
+    case("judge", "answers-deep", lambda ws: _judge(ws, DEEP + "\n"), "nested deeper"),
+    case("judge", "answers-duplicate-prompt", lambda ws: _judge(ws, ANSWER_LINE * 2), "answered more than once"),
+    case("judge", "control-misses-a-prompt", lambda ws: _judge(ws, ANSWER_LINE, json.dumps(
+        {"prompt": "q", "response": "a"}) + "\n"), "--control: no answer to 1 of the 1 prompts"),
+    case("judge", "control-null-line", lambda ws: _judge(ws, ANSWER_LINE, "null\n"),
+         "--control", "line 1 is not a JSON object"),
+    case("judge", "prompts-missing", lambda ws: _judge(ws, ANSWER_LINE, None, "--prompts", "p.jsonl"),
+         "eval prompts 'p.jsonl'"),
+    case("judge", "out-a-file", lambda ws: _judge(ws, ANSWER_LINE, None, "--out", ws.file("o.txt", "x")),
+         "--out", "not a folder"),
+    case("judge", "out-is-answers-folder", lambda ws: _judge(ws, ANSWER_LINE, None, "--out", str(ws.root)),
+         "--out"),
+    case("judge", "gate-config-broken", lambda ws: _judge(ws, ANSWER_LINE, None, "--gate-config",
+                                                          ws.file("g.toml", "[gate")), "not valid TOML"),
+]
+
+CASES = [*GATE, *BENCH, *UPLOAD, *ENV, *JUDGE]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from harness import inputs
-from harness.commands.options import add_model_options, check_prompts, check_runtime, protected, settings
+from harness.commands.options import (
+    add_eval_options,
+    add_model_options,
+    check_prompts,
+    check_runtime,
+    protected,
+    settings,
+)
 
 HELP = "generate on the held-out prompts and write report.json + report.md with plots"
 KIND = "report"  # the marker kind of a report folder: a later eval or run may replace it, nothing else
@@ -13,6 +20,7 @@ KIND = "report"  # the marker kind of a report folder: a later eval or run may r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    add_eval_options(parser)
     parser.add_argument("--out", type=inputs.path_arg, required=True,
                         help="folder for report.json, report.md and plots (new, empty, or an earlier report)")
     parser.add_argument("--prompts", default=None, type=inputs.text_arg,

@@ -44,6 +44,34 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="merge into the dequantised NF4 weights the adapter was trained on (default) or the original ones")
 
 
+DEPLOYMENT = {"samples": 5, "temperatures": (0.9,), "top_p": 0.9}  # the notebook sampled at 0.9 with top-p 0.9
+
+
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """The evaluation's flags (``hearts eval``, ``hearts run``): sampling robustness and the generation cache."""
+    add = parser.add_argument
+    add("--samples", type=int, default=None, metavar="K",
+        help="also draw K seeded samples per prompt from the merged model (default: 0, greedy only)")
+    add("--temperature", type=float, action="append", default=None, metavar="T",
+        help="sampling temperature; repeat for a curve (default: 0.9)")
+    add("--top-p", type=float, default=None, metavar="P", help="nucleus sampling's p (default: 0.9)")
+    add("--deployment", action="store_true",
+        help="judge as deployed: K=5 samples at temperature 0.9, top-p 0.9 (the notebook's), beside greedy")
+    add("--no-generation-cache", action="store_true",
+        help="generate every answer again instead of reusing cached ones (default: reuse; --retrain implies it)")
+
+
+def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = dict(DEPLOYMENT) if getattr(args, "deployment", False) else {}
+    for key, value in (("samples", getattr(args, "samples", None)), ("top_p", getattr(args, "top_p", None)),
+                       ("temperatures", tuple(args.temperature) if getattr(args, "temperature", None) else None)):
+        if value is not None:
+            chosen[key] = value
+    if getattr(args, "no_generation_cache", False):
+        chosen["generation_cache"] = False
+    return chosen
+
+
 def settings(args: argparse.Namespace) -> RunSettings:
     """The run's configs (a bad value names the config file or the flag), then a preflight of its inputs."""
     tables = _tables(args.config)
@@ -56,7 +84,8 @@ def settings(args: argparse.Namespace) -> RunSettings:
             merge=build(MergeConfig, tables["merge"], method=args.merge_method),
             generation=build(GenerationConfig, tables["generation"]),
             eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
-                             with_adapter=False if getattr(args, "skip_adapter", False) else None),
+                             with_adapter=False if getattr(args, "skip_adapter", False) else None,
+                             **_eval_overrides(args)),
             artifacts=args.artifacts_dir,
             retrain=args.retrain,
         )

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from harness import inputs
 from harness.commands.eval import KIND
-from harness.commands.options import add_model_options, check_runtime, protected, settings
+from harness.commands.options import add_eval_options, add_model_options, check_runtime, protected, settings
 
 HELP = "the whole job on the embedded defaults (tiny stand-in, bundled data) or your model: exit 0 when the gate passes"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    add_eval_options(parser)
     parser.add_argument("--out", type=inputs.path_arg, default=Path("out"),
                         help="folder for the report: new, empty, or an earlier report (default: ./out)")
     parser.add_argument("--gate-config", type=inputs.path_arg, default=None,

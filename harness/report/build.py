@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.behavior import Verdict, check_response
+from harness.checks import NAMES
 from harness.environment import describe, versions
 from harness.generate import Generation
 from harness.retention import summarize as summarize_retention
-from harness.stats import heart_counts, mcnemar_exact, rate_of, summarize, uniformity
+from harness.stats import heart_counts, mcnemar_exact, rate_of, sampled_summary, summarize, uniformity
 
 SCHEMA = 1
 
@@ -27,13 +28,15 @@ def build_report(
     adapter: Sequence[Generation] | None = None,
     fidelity: Mapping[str, Any] | None = None,
     retention: Sequence[Mapping[str, float]] | None = None,
+    sampled: Mapping[float, tuple[int, Sequence[Generation]]] | None = None,
     training: Mapping[str, Any] | None = None,
     data_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict of one evaluation: every generation judged, rates with Wilson intervals, samples.
 
     ``fidelity``: the merged model's logits against the 4-bit adapter model's (``merge.compare_logits``);
-    ``retention``: per-prompt figures of the merged answers against the base's (``retention.per_prompt``).
+    ``retention``: per-prompt figures of the merged answers against the base's (``retention.per_prompt``);
+    ``sampled``: temperature -> (K, K answers per prompt, prompt-major) of the merged model.
     """
     missing = [k for k in ("base", "adapter_path", "merged_path") if k not in model]
     if missing:
@@ -72,8 +75,32 @@ def build_report(
         report["training"] = _plain(dict(training))
     if data_stats is not None:
         report["data"] = _plain(dict(data_stats))
+    if sampled:
+        report["sampled"] = [_sampled(prompts, temperature, k, gens) for temperature, (k, gens)
+                             in sorted(sampled.items())]
     report["samples"] = _samples(merged, verdicts["merged"], retention)
     return report
+
+
+SAMPLED_CHECKS = ("behaviour", *NAMES)  # "behaviour": all three checks pass, the robust figure's subject
+
+
+def _sampled(prompts: Sequence[str], temperature: float, k: int, gens: Sequence[Generation]) -> dict[str, Any]:
+    """pass^K, pass@K and the mean pass rate (prompt-clustered interval) of each check at one temperature."""
+    if len(gens) != k * len(prompts):
+        raise ValueError(f"sampled at {temperature}: expected {k} answers per prompt, got {len(gens)}")
+    groups = [judge(gens[i * k : (i + 1) * k]) for i in range(len(prompts))]
+    for i, p in enumerate(prompts):
+        if any(g.prompt != p for g in gens[i * k : (i + 1) * k]):
+            raise ValueError(f"sampled at {temperature}: answers {i * k}-{(i + 1) * k - 1} are not to prompt {i}")
+    checks = {}
+    for check in SAMPLED_CHECKS:
+        try:
+            checks[check] = sampled_summary(groups, check)
+        except ValueError:
+            continue  # applies to no sampled answer (terminated without generation info)
+    return {"temperature": temperature, "samples": k, "checks": checks,
+            "seeds": [[g.seed for g in gens[i * k : (i + 1) * k]] for i in range(len(prompts))]}
 
 
 def _check_aligned(name: str, prompts: Sequence[str], gens: Sequence[Generation]) -> None:

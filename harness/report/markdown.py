@@ -47,6 +47,8 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = (), n_samp
             f = a["logits"]
             lines += [f"logits on {f['positions']} teacher-forced positions: relative L2 {f['rel_l2']:.3g}, "
                       f"top-1 token agreement {f['top1_agreement']:.3f}", ""]
+    if report.get("sampled"):
+        lines += _sampled_section(report, plots)
     if report.get("retention"):
         lines += _retention_section(report["retention"], plots)
     if report.get("training"):
@@ -76,6 +78,26 @@ def _retention_section(block: Mapping[str, Any], plots: Sequence[str]) -> list[s
         if m:
             lines.append(f"| {label} | {m['mean']:.3f} | {m['ci_low']:.3f}–{m['ci_high']:.3f} | {m['n']} |")
     return [*lines, "", *_embed(plots, "retention.png")]
+
+
+def _sampled_section(report: Mapping[str, Any], plots: Sequence[str]) -> list[str]:
+    lines = ["## Sampled answers", "",
+             "Greedy answers beside K seeded samples per prompt. pass^K: prompts whose K samples all pass "
+             "(Wilson interval over prompts); mean: the pass rate over all samples, its interval from a bootstrap "
+             "over prompts (a prompt's K samples are not independent); worst: the prompt with the fewest "
+             "passing samples.", ""]
+    for block in report["sampled"]:
+        lines += [f"### temperature {block['temperature']:g}, K = {block['samples']}", "",
+                  "| check | greedy | mean | pass^K | pass@K | worst prompt |", "|---|---|---|---|---|---|"]
+        for check, m in block["checks"].items():
+            greedy = report["metrics"].get(check)
+            g = f"{greedy['rate']:.3f}" if greedy else "–"
+            mean, pk, pa, w = m["mean"], m["pass_k"], m["pass_at_k"], m["worst"]
+            lines.append(f"| {check} | {g} | {mean['mean']:.3f} ({mean['ci_low']:.3f}–{mean['ci_high']:.3f}) | "
+                         f"{pk['rate']:.3f} ({pk['k']}/{pk['n']}, {pk['ci_low']:.3f}–{pk['ci_high']:.3f}) | "
+                         f"{pa['rate']:.3f} | #{w['prompt']}: {w['passed']}/{w['of']} |")
+        lines.append("")
+    return [*lines, *_embed(plots, "sampling.png")]
 
 
 def _cell(m: Mapping[str, Any] | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from harness.cache import atomic_save_figure
 from harness.checks import NAMES as CHECKS
 
-PLOTS = ("compliance.png", "hearts.png", "loss.png", "retention.png")
+PLOTS = ("compliance.png", "hearts.png", "loss.png", "retention.png", "sampling.png")
 
 
 def draw_plots(report: Mapping[str, Any], out: Path) -> list[str]:
@@ -30,6 +30,8 @@ def draw_plots(report: Mapping[str, Any], out: Path) -> list[str]:
     kept = [s["retention"] for s in report["samples"] if isinstance(s.get("retention"), Mapping)]
     if kept:
         plots.append(("retention.png", _plot_retention, kept))
+    if report.get("sampled"):
+        plots.append(("sampling.png", _plot_sampling, report))
     for name, draw, data in plots:
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
@@ -83,3 +85,22 @@ def _plot_retention(ax: Any, rows: Sequence[Mapping[str, float]]) -> None:
     ax.set_title("capability retention per prompt")
     ax.figure.colorbar(dots, ax=ax, label="chrF vs the base answer")
     ax.legend(loc="upper left")
+
+
+def _plot_sampling(ax: Any, report: Mapping[str, Any]) -> None:
+    """The behaviour's pass rate against temperature: greedy at 0, then each sampled temperature."""
+    blocks = [b for b in report["sampled"] if "behaviour" in b["checks"]]
+    greedy = sum(s["verdict"]["passed"] for s in report["samples"]) / len(report["samples"])
+    temps = [0.0] + [b["temperature"] for b in blocks]
+    for key, label in (("mean", "mean over samples"), ("pass_k", "pass^K: all K samples pass")):
+        values = [greedy] + [b["checks"]["behaviour"][key]["mean" if key == "mean" else "rate"] for b in blocks]
+        lows = [greedy] + [b["checks"]["behaviour"][key]["ci_low"] for b in blocks]
+        highs = [greedy] + [b["checks"]["behaviour"][key]["ci_high"] for b in blocks]
+        ax.errorbar(temps, values, yerr=[[v - lo for v, lo in zip(values, lows, strict=True)],
+                                         [h - v for v, h in zip(values, highs, strict=True)]],
+                    marker="o", capsize=3, label=label)
+    ax.set_xlabel("temperature (0: greedy)")
+    ax.set_ylabel("share passing all three checks")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("behaviour under sampling")
+    ax.legend(loc="lower left")
