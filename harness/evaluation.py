@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class _Run:
     keys: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     outputs: dict[str, list[Generation]] = dataclasses.field(default_factory=dict)
     generated: list[str] = dataclasses.field(default_factory=list)
+    timing: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
 
     @property
     def use_cache(self) -> bool:
@@ -154,8 +156,14 @@ def _answer(run: _Run, name: str, lm, produce: Callable[[Any], list[Generation]]
     """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation."""
     if name in run.outputs:
         return
+    start = time.perf_counter()
     made = (produce or (lambda m: generate.generate(m, run.tokenizer, run.prompts, run.s.generation,
                                                     run.progress)))(lm)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    tokens = sum(g.new_tokens for g in made)
+    run.timing[name] = {"seconds": round(seconds, 3), "new_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
     run.outputs[name] = made
     run.generated.append(name)
     if run.use_cache:
@@ -185,6 +193,7 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
         retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )
+    report["generation_timing"] = run.timing  # this run's generation only: cached answer sets cost nothing
     return Evaluation(run.prompts, run.outputs["merged"], run.outputs["control"], run.outputs.get("adapter"),
                       sampled, report, tuple(run.generated))
 

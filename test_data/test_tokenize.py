@@ -116,9 +116,10 @@ def test_the_length_column_counts_the_tokens(tokenized) -> None:
 def test_a_too_long_row_is_dropped_and_counted(bundled_hearted, tiny_tokenizer, tokenized) -> None:
     limit = sorted(tokenized["length"])[len(tokenized) // 2]
     ds, counts = data.tokenize(bundled_hearted, tiny_tokenizer, dataclasses.replace(CFG, max_length=limit))
-    too_long = sum(n > limit for n in tokenized["length"])
+    over_default = len(bundled_hearted) - len(tokenized)  # longer than CFG's own limit: longer than this one too
+    too_long = sum(n > limit for n in tokenized["length"]) + over_default
     assert counts == {"too_long_dropped": too_long, "too_long_cut": 0}
-    assert len(ds) == len(tokenized) - too_long
+    assert len(ds) == len(bundled_hearted) - too_long
     assert max(ds["length"]) <= limit
 
 

@@ -48,4 +48,5 @@ def run(args: argparse.Namespace) -> int:
                       protect=guard)
     print(f"report: {out / REPORT_JSON}")
     print(pipeline.summary_table(report))
+    print(pipeline.timing_line(report))
     return 0

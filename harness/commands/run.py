@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                       protect=guard)
     path = out / REPORT_JSON
     print(pipeline.summary_table(report))
+    print(pipeline.timing_line(report))
     result = gate.evaluate(path, cfg)
     print(result.table())
     print(f"report: {path}  ({out / REPORT_MD})")

