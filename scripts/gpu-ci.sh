@@ -100,7 +100,7 @@ if [ "${GPU_CI_ENVELOPE:-0}" = "1" ]; then
     "$PYTHON" -m pytest -m envelope test_training/test_envelope_gpu.py --gpu-profile t4 \
         --benchmark-json "$OUT_DIR/envelope-t4.json" --junitxml "$OUT_DIR/junit-envelope-t4.xml" || status=1
     log "7B-shape generation on the whole card"
-    "$PYTHON" -m pytest -m envelope test_training/test_envelope_gpu.py -k 'benchmark_7b_generation or bound or trl' \
+    "$PYTHON" -m pytest -m envelope test_training/test_envelope_gpu.py -k 'generation or trl' \
         --benchmark-json "$OUT_DIR/envelope-generation.json" --junitxml "$OUT_DIR/junit-envelope-gen.xml" || status=1
 fi
 

