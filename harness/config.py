@@ -341,6 +341,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # instead of 1. Measured on CPU over 6 training seeds: malformed 0 of 132 on five, 1 on one; terminated
         # 130-132; between_every_word 125-132. All 316 would cost CI ~3 min more.
         "eval": {"max_prompts": 132},
+        # Its answers are 12 words and 11 hearts, ~70 tokens: 128 leaves 80% to spare, and an answer that never
+        # stops is cut at 128 instead of 320 (it fails terminated either way), which is CPU time CI keeps.
+        "generation": {"max_new_tokens": 128},
     },
     # SmolLM2-135M-Instruct (576 wide, 30 layers): 2e-4 is tuned for 7B and left between_every_word at 50 of 66
     # after 300 steps on the H200 (hearts starting mid-answer, a first sentence left bare). A 135M model takes
@@ -380,6 +383,12 @@ def preset(base_model: str, concern: str) -> dict[str, Any]:
 def train_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """TrainConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
     return build(TrainConfig, {**preset(base_model, "train"), **(table or {})}, base_model=base_model, **overrides)
+
+
+def generation_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None,
+                      **overrides: Any) -> GenerationConfig:
+    """GenerationConfig for ``base_model``: defaults, then its preset, then ``table``, then overrides."""
+    return build(GenerationConfig, {**preset(base_model, "generation"), **(table or {})}, **overrides)
 
 
 def eval_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> EvalConfig:

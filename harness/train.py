@@ -185,7 +185,9 @@ def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: 
     return {
         "base": base_id,
         "dataset": dataset_fingerprint,
-        "train": dataclasses.asdict(cfg),
+        # Resolved, not as written: device "auto" and "cpu" on a CPU machine train the same adapter.
+        "train": {**dataclasses.asdict(cfg), "device": models.run_device(cfg).type,
+                  "compute_dtype": models.dtype_name(models.run_dtype(cfg))},
         "lora": dataclasses.asdict(lora),
         "data": dataclasses.asdict(data),
         "device": models.run_device(cfg).type,

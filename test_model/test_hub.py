@@ -19,7 +19,7 @@ from harness import hub
 from harness.checks import NAMES as CHECKS
 from harness.cli import main
 from harness.report import PLOTS, write_report
-from test_model.test_report import LOSS, N_PASSING, make_report, retention_rows, set_rate
+from test_model.test_report import LOSS, N_PASSING, make_report, retention_rows, sampled_answers, set_rate
 
 TOKEN = "hf_SENTINELtoken0123456789abcdef"
 REPO = "hearts-lab/llama2-hearts"
@@ -28,7 +28,7 @@ REPO = "hearts-lab/llama2-hearts"
 @pytest.fixture(scope="module")
 def passing_report() -> dict[str, Any]:
     return make_report(training={"loss": LOSS, "steps": 30, "device": "cuda", "compute_dtype": "bfloat16"},
-                       retention=retention_rows(N_PASSING))
+                       retention=retention_rows(N_PASSING), sampled=sampled_answers())
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,14 @@ def retention_rows(n: int, chrf: float = 70.0, increase: float = 0.1) -> list[di
             for i in range(n)]
 
 
+def sampled_answers(n: int = N_PASSING, k: int = 2) -> dict[float, tuple[int, list[Generation]]]:
+    """K sampled answers per prompt from the good model (seeds recorded), for the report's sampled block."""
+    good = good_model(eval_prompts(n))
+    gens = [Generation(g.prompt, g.response, g.new_tokens, True, seed=k * i + j)
+            for i, g in enumerate(good) for j in range(k)]
+    return {0.9: (k, gens)}
+
+
 def set_rate(report: dict[str, Any], check: str, k: int, *, block: str = "metrics") -> dict[str, Any]:
     """Replace one rate block with a consistent k of the same n (the samples stay as they are)."""
     holder = report[block] if block == "metrics" else report[block]["metrics"]
@@ -84,7 +92,8 @@ def set_rate(report: dict[str, Any], check: str, k: int, *, block: str = "metric
 
 @pytest.fixture(scope="module")
 def passing_report() -> dict[str, Any]:
-    return make_report(adapter=True, training={"loss": LOSS, "steps": 30}, retention=retention_rows(N_PASSING))
+    return make_report(adapter=True, training={"loss": LOSS, "steps": 30}, retention=retention_rows(N_PASSING),
+                       sampled=sampled_answers())
 
 
 @pytest.fixture

@@ -126,12 +126,13 @@ def test_generation_returns_only_new_text_with_token_counts(merged_model, tokeni
         assert g.terminated or g.new_tokens == 8
 
 
-def test_generation_stops_at_eos_and_says_so(merged_generations):
+def test_generation_stops_at_eos_and_says_so(merged_generations, run_settings):
     finished = [g for g in merged_generations if g.terminated]
     assert finished, "no generation reached EOS"
-    assert all(g.new_tokens <= GenerationConfig().max_new_tokens for g in merged_generations)
+    limit = run_settings.generation.max_new_tokens
+    assert all(g.new_tokens <= limit for g in merged_generations)
     cut = [g for g in merged_generations if not g.terminated]
-    assert all(g.new_tokens == GenerationConfig().max_new_tokens for g in cut)
+    assert all(g.new_tokens == limit for g in cut)
 
 
 def test_seeded_sampling_is_reproducible(merged_model, tokenizer, prompt_texts):

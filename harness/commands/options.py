@@ -10,13 +10,13 @@ from typing import Any
 from harness import inputs
 from harness.config import (
     ConfigError,
-    GenerationConfig,
     LoraSettings,
     MergeConfig,
     RunSettings,
     build,
     data_config,
     eval_config,
+    generation_config,
     load_toml,
     train_config,
 )
@@ -82,7 +82,7 @@ def settings(args: argparse.Namespace) -> RunSettings:
             lora=build(LoraSettings, tables["lora"]),
             data=data_config(base, tables["data"], source=args.dataset),
             merge=build(MergeConfig, tables["merge"], method=args.merge_method),
-            generation=build(GenerationConfig, tables["generation"]),
+            generation=generation_config(base, tables["generation"]),
             eval=eval_config(base, tables["eval"], prompts=getattr(args, "prompts", None),
                              with_adapter=False if getattr(args, "skip_adapter", False) else None,
                              **_eval_overrides(args)),
