@@ -91,6 +91,9 @@ class DataConfig:
     add_eos: bool = True  # the original appended none, so its model never stopped
     max_rows: int | None = None  # cap for quick runs; None keeps every row
     overflow: str = "drop"  # a row over max_length is dropped, or "cut" at a word boundary (counted either way)
+    # A planted fault, for the retention check only: every response moved to another row before the hearts are
+    # added, so an adapter learns the hearts and loses the content. Never for a release.
+    shuffle_responses: bool = False
     max_words: int | None = None  # cut every response after this many words (stand-ins); None keeps them whole
 
     def __post_init__(self) -> None:
@@ -236,9 +239,12 @@ class GateConfig:
     malformed: float = 0.01  # the rate must stay under this (a bound needs ~380 prompts to get under 0.01)
     template_leak: float = 0.01
     control_single_emoji: float = 0.05  # the base model must not do the behaviour
-    # The merged model (what is uploaded) must judge like the 4-bit + adapter model (what was trained): the Wilson
-    # lower bound of their per-prompt verdict agreement; judged only when the report has the 4-bit run.
-    agreement: float = 0.90
+    # The merged model (what is uploaded) must compute what the 4-bit + adapter model (what was trained) computes:
+    # the share of teacher-forced positions where their top-1 tokens agree (judged when the report has the 4-bit
+    # run). Measured on SmolLM2-135M, H200, bf16: 0.983 merged into the dequantised weights, 0.754 into the
+    # original ones. Per-prompt verdict agreement is reported, not gated: two models of identical behaviour
+    # disagree on a prompt whenever a long greedy answer forks, at a rate set by how robust the behaviour is.
+    merge_top1: float = 0.95
     # Capability retention (optional, off by default; README says what real models measure): the mean chrF of the
     # de-hearted answers against the base's must have its lower bound at or above retention_chrf (0-100), and the
     # mean increase of the base model's NLL (nats/token) its upper bound at or under retention_nll_increase.

@@ -434,6 +434,16 @@ class Prepared:
         return DatasetDict(train=self.train, eval=self.eval)
 
 
+def shuffle_responses(ds: Dataset, seed: int) -> Dataset:
+    """Every response moved to another row (a derangement by rotation of a seeded shuffle): a planted fault."""
+    order = np.random.default_rng(seed).permutation(len(ds)).tolist()
+    moved = dict(zip(order, order[1:] + order[:1], strict=True))  # row order[i] takes order[i+1]'s response
+    responses = ds["response"]
+    shuffled = [responses[moved[i]] for i in range(len(ds))]
+    return ds.remove_columns("response").add_column("response", shuffled,
+                                                    new_fingerprint=_fingerprint(ds._fingerprint, "shuffle", seed))
+
+
 def cap_responses(ds: Dataset, max_words: int) -> tuple[Dataset, int]:
     """Cut every response after ``max_words`` words (at a word boundary); return how many were cut."""
     capped = ds.map(lambda r: {"response": transform.cap_words(r, max_words)}, input_columns="response",
@@ -456,6 +466,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
         raise InputError(f"{label}: no usable rows ({bad} bad rows dropped)")
     if cfg.max_words is not None:
         valid, stats["responses_capped"] = cap_responses(valid, cfg.max_words)
+    if cfg.shuffle_responses:
+        valid, stats["responses_shuffled"] = shuffle_responses(valid, cfg.seed), len(valid)
     out: dict[str, Dataset] = {}
     for name, part in split_heldout(valid, cfg.eval_fraction, cfg.seed).items():
         hearted, collisions = add_hearts(part, cfg.seed)

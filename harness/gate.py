@@ -10,8 +10,9 @@ Rows, one per check:
 - ``control_single_emoji``: the base model's single_emoji *rate* must stay at or under its threshold, so the
   behaviour comes from the adapter. The rate, not ``ci_high``: a clean control of 66 prompts (0/66) has a
   Wilson upper bound of 0.055, so the bound would fail a perfect control for want of prompts;
-- ``agreement`` (when the report judged the 4-bit adapter model too): the Wilson lower bound of the share of
-  prompts where the merged model's verdict equals the trained model's — what is uploaded is what was trained;
+- ``merge_top1`` (when the report judged the 4-bit adapter model too): the share of teacher-forced positions
+  where the merged model's top-1 token equals the trained 4-bit model's — what is uploaded computes what was
+  trained;
 - ``retention_chrf`` / ``retention_nll_increase``, optional: capability retention's bootstrap bounds;
 - with a baseline report: an exact McNemar test per check on the prompts both reports share (matched by prompt
   text); a significant change (p < mcnemar_alpha) for the worse fails;
@@ -42,7 +43,7 @@ from harness.stats import mcnemar_exact, wilson
 ReportLike = str | Path | Mapping[str, Any]
 Sample = dict[str, Any]
 HIGH_CHECKS, LOW_CHECKS = checks.HIGH, checks.LOW
-_RATE_FIELDS = (*HIGH_CHECKS, *LOW_CHECKS, "control_single_emoji", "agreement")
+_RATE_FIELDS = (*HIGH_CHECKS, *LOW_CHECKS, "control_single_emoji", "merge_top1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,10 +209,11 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
     yield GateRow("control_single_emoji", c["rate"], (c["ci_low"], c["ci_high"]),
                   f"rate <= {cfg.control_single_emoji:g}", c["rate"] <= cfg.control_single_emoji,
                   "base model on the same prompts")
-    a = report.get("agreement")
-    if a is not None:
-        yield GateRow("agreement", a["rate"], (a["ci_low"], a["ci_high"]), f"ci_low >= {cfg.agreement:g}",
-                      a["ci_low"] >= cfg.agreement, "merged vs trained 4-bit model, per-prompt verdicts")
+    logits = (report.get("agreement") or {}).get("logits")
+    if logits is not None:
+        yield GateRow("merge_top1", logits["top1_agreement"], None, f">= {cfg.merge_top1:g}",
+                      logits["top1_agreement"] >= cfg.merge_top1,
+                      f"merged vs trained 4-bit model, top-1 tokens at {logits['positions']} positions")
     yield from retention_rows(report.get("retention"), cfg)
     if cfg.pass_k is not None:
         yield pass_k_row(report.get("sampled"), cfg.pass_k)

@@ -4,6 +4,11 @@
 #   scripts/gpu-measure.sh smollm2 [SEED]   hearts run on SmolLM2-135M (train, merge, judge 316 prompts x 3 models,
 #                                           gate), then the same evaluation again (served by the generation
 #                                           cache), then the lossy merge into the original weights, for contrast
+#   scripts/gpu-measure.sh run [SEED]       hearts run only (train, merge, judge, gate)
+#   scripts/gpu-measure.sh planted          hearts run with every training response moved to another prompt:
+#                                           the retention figures must catch the lost content
+#   scripts/gpu-measure.sh merge-fp32 [SEED]  the trained 4-bit model and the dequantised merge, both computing
+#                                           in fp32: verdict agreement and logits without bf16's rounding
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
 #
@@ -47,6 +52,52 @@ smollm2)
     step "eval-original-merge-seed$seed" "$PY" -m harness.cli eval --base-model "$BASE" --config "$cfg" \
         --merge-method original --out "$OUT_DIR/eval-original-seed$seed"
     ;;
+run)
+    seed="${2:-42}"
+    cfg=$(seed_config "$seed")
+    step "run-seed$seed" "$PY" -m harness.cli run --base-model "$BASE" --config "$cfg" --out "$OUT_DIR/run-seed$seed"
+    ;;
+planted)
+    cfg=$(seed_config 42)
+    printf '[data]\nshuffle_responses = true\n' >>"$cfg"
+    step planted "$PY" -m harness.cli run --base-model "$BASE" --config "$cfg" --out "$OUT_DIR/planted"
+    ;;
+merge-fp32)
+    seed="${2:-42}"
+    step "merge-fp32-seed$seed" "$PY" - "$BASE" "$seed" "$OUT_DIR" <<'PY'
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import config, evaluation, generate, merge, model, train
+from harness.report import judge
+
+base_name, seed, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+art = Path(".hearts-cache")
+cfg = config.train_config(base_name, seed=seed)
+adapter = train.adapter_for(art, cfg, config.LoraSettings(), config.data_config(base_name))
+fp32 = dataclasses.replace(cfg, compute_dtype="fp32")
+tok = model.load_tokenizer(adapter.path)
+prompts = evaluation.held_out_prompts(config.eval_config(base_name))
+gen = config.generation_config(base_name)
+trained = merge.load_adapter_model(adapter.base, adapter.path, fp32, torch.float32)
+a = generate.generate(trained, tok, prompts, gen)
+probe = evaluation._teacher_forced(tok, prompts, a)
+reference = merge.logits_on(trained, probe)
+del trained
+merged = merge.load_merged_in_memory(adapter.base, adapter.path, fp32, torch.float32, "dequantized").eval()
+m = generate.generate(merged, tok, prompts, gen)
+fidelity = merge.compare_logits(reference, merge.logits_on(merged, probe))
+va, vm = judge(a), judge(m)
+result = {"prompts": len(prompts), "verdict_agreement": sum(x.passed == y.passed for x, y in zip(va, vm)),
+          "same_text": sum(x.response == y.response for x, y in zip(a, m)), "logits": fidelity}
+(out / f"merge-fp32-seed{seed}.json").write_text(json.dumps(result, indent=2))
+print(json.dumps(result))
+PY
+    ;;
 profile)
     step profile "$PY" - "$BASE" "$OUT_DIR" <<'PY'
 import sys
@@ -84,7 +135,7 @@ battery)
     step battery "$PY" -m pytest -m gpu -p no:cacheprovider --junitxml "$OUT_DIR/junit-gpu.xml" "$@"
     ;;
 *)
-    echo "usage: scripts/gpu-measure.sh smollm2 [SEED] | profile | battery [pytest args]" >&2
+    echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery [ARGS]" >&2
     exit 2
     ;;
 esac

@@ -116,9 +116,9 @@ def test_negative_control_the_base_model_fails_the_heart_checks(release_report, 
     assert any(g.response.strip() for g in base_generations)  # it answered, it just has no hearts
 
 
-def test_the_4bit_adapter_and_the_merged_model_agree_on_verdicts(release_report, bound):
-    a = release_report["agreement"]
-    assert a["ci_low"] >= bound("agreement"), a
+def test_the_merged_model_computes_what_the_4bit_adapter_model_computes(release_report, bound):
+    logits = release_report["agreement"]["logits"]
+    assert logits["top1_agreement"] >= bound("merge_top1"), release_report["agreement"]
 
 
 def test_every_transformed_training_response_passes_all_three_checks(prepared_bundled):
