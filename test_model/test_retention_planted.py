@@ -1,0 +1,54 @@
+"""Capability retention catches a planted fault: an adapter trained on answers moved to other prompts learns the
+hearts and loses the content, and the retention figures say so where the real adapter passes (``-m gpu``).
+
+Needs a real base: the tiny stand-in's answers are word salad, so its retention figures carry no signal.
+Measured on the H200 with SmolLM2-135M (seed 42, preset recipe): chrF 15.1 [13.9, 16.6] and NLL increase
+1.94 [1.84, 2.03] nats/token for the real adapter (seed 1: 14.6, 2.02); 8.3 [7.7, 9.0] and 3.13 [3.04, 3.23]
+for the planted fault. README's suggested thresholds sit between: retention_chrf 12, retention_nll_increase 2.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness import evaluation, merge, model, train
+from harness.config import GateConfig
+from harness.gate import evaluate
+
+pytestmark = pytest.mark.gpu
+
+THRESHOLDS = GateConfig(retention_chrf=12.0, retention_nll_increase=2.5)  # README's suggested values
+
+
+@pytest.fixture
+def real_base(run_settings, device):
+    if device != "cuda":
+        pytest.skip("trains a second real adapter: on CUDA only")
+    if run_settings.train.base_model == "tiny":
+        pytest.skip("retention needs a real base: the stand-in answers in word salad (use --base-model)")
+
+
+@pytest.fixture(scope="module")
+def planted_report(run_settings):
+    s = dataclasses.replace(run_settings, data=dataclasses.replace(run_settings.data, shuffle_responses=True))
+    adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
+    merged = merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, model.run_dtype(s.train),
+                              s.merge.method)
+    return evaluation.evaluate(s, adapter, merged).report
+
+
+def _rows(report):
+    return {r.name: r for r in evaluate(report, THRESHOLDS).rows}
+
+
+def test_the_real_adapter_passes_the_retention_thresholds(real_base, release_report):
+    rows = _rows(release_report)
+    assert rows["retention_chrf"].passed and rows["retention_nll_increase"].passed, rows
+
+
+def test_a_planted_fault_fails_them(real_base, planted_report, release_report):
+    rows = _rows(planted_report)
+    assert not rows["retention_chrf"].passed and not rows["retention_nll_increase"].passed, rows
+    assert planted_report["retention"]["chrf"]["ci_high"] < release_report["retention"]["chrf"]["ci_low"]
