@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["fixtures.environment", "fixtures.data", "fixtures.models", "fixtures.generation"]
+pytest_plugins = ["fixtures.environment", "fixtures.data", "fixtures.models", "fixtures.generation",
+                  "fixtures.faults"]
 
 # deadline=None: torch calls have cold-start costs that are not the property under test.
 settings.register_profile("dev", max_examples=100, deadline=None)

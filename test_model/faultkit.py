@@ -242,3 +242,4 @@ def check(c: Case, ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatc
     assert tree(outer) == before, "the case changed the tree"
     assert leftovers(outer) == []
     return err
+

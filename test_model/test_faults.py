@@ -15,7 +15,7 @@ import pytest
 
 from harness.cli import COMMANDS
 from test_model import faultkit, test_faults_model, test_faults_prepare, test_faults_release
-from test_model.faultkit import Workspace, case
+from test_model.faultkit import case
 
 ALL = [*test_faults_prepare.CASES, *test_faults_model.CASES, *test_faults_release.CASES]
 MINIMUM = {"prepare": 40, "train": 30, "merge": 10, "generate": 10, "eval": 10, "run": 10, "gate": 30,
@@ -35,16 +35,6 @@ def test_the_table_covers_every_command_with_at_least_150_inputs():
     short = {name: (per_command[name], least) for name, least in MINIMUM.items() if per_command[name] < least}
     assert not short, f"(cases, minimum) per command: {short}"
     assert len({c.id for c in ALL}) == len(ALL), "case ids must be unique"
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    return faultkit.written_report(tmp_path_factory)
-
-
-@pytest.fixture
-def ws(tmp_path, written, monkeypatch) -> Workspace:
-    return faultkit.workspace(tmp_path, written, monkeypatch)
 
 
 @pytest.mark.parametrize("c", CLI, ids=faultkit.ids(CLI))

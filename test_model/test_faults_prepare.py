@@ -202,16 +202,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    return faultkit.written_report(tmp_path_factory)
-
-
-@pytest.fixture
-def ws(tmp_path, written, monkeypatch) -> Workspace:
-    return faultkit.workspace(tmp_path, written, monkeypatch)
-
-
 @pytest.mark.parametrize("c", CASES, ids=faultkit.ids(CASES))
 def test_bad_input_is_exit_2_with_one_line_and_nothing_done(c, ws, capsys, monkeypatch, tiny_tokenizer):
     faultkit.check(c, ws, capsys, monkeypatch, tokenizer=tiny_tokenizer)
