@@ -34,10 +34,10 @@ from typing import Any
 
 from harness import checks
 from harness import report as reports
+from harness.bench import load_bench
 from harness.config import ConfigError, GateConfig, build, load_toml
 from harness.environment import environment_drift
 from harness.errors import InputError
-from harness.inputs import read_json
 from harness.stats import mcnemar_exact, wilson
 
 ReportLike = str | Path | Mapping[str, Any]
@@ -304,44 +304,6 @@ def _pass_flag(verdict: Mapping[str, Any], check: str) -> bool | None:
 
 
 # --- benchmarks: throughput against a baseline -------------------------------------------------------
-
-
-def read_bench(path: str | Path) -> dict[str, Any]:
-    """A pytest-benchmark JSON, checked: an object with a 'benchmarks' list of objects with unique string names."""
-    src = str(path)
-    data = read_json(path, expected="a pytest-benchmark JSON")
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-        raise InputError(f"{src}: expected a pytest-benchmark JSON object with a 'benchmarks' list")
-    seen: set[str] = set()
-    for i, bench in enumerate(data["benchmarks"]):
-        if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
-            raise InputError(f"{src}: benchmarks[{i}] must be an object with a string 'name'")
-        if bench["name"] in seen:
-            name = bench["name"]
-            raise InputError(f"{src}: benchmarks[{i}]: name {name!r} appears twice (benchmarks are matched by name)")
-        seen.add(bench["name"])
-        if not isinstance(bench.get("extra_info", {}), dict):
-            raise InputError(f"{src}: benchmarks[{i}].extra_info must be an object")
-    return data
-
-
-def load_bench(path: str | Path) -> dict[str, dict[str, float]]:
-    """``{benchmark: {key: value}}`` for each ``*_per_s`` in the extra_info of a pytest-benchmark JSON."""
-    return bench_rates(read_bench(path), str(path))
-
-
-def bench_rates(data: Mapping[str, Any], src: str) -> dict[str, dict[str, float]]:
-    """The ``*_per_s`` values of a checked benchmark run (``read_bench``); each must be a positive number."""
-    found: dict[str, dict[str, float]] = {}
-    for i, bench in enumerate(data["benchmarks"]):
-        rates = {k: v for k, v in bench.get("extra_info", {}).items() if k.endswith("_per_s")}
-        for key, value in rates.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value <= 0:
-                raise InputError(f"{src}: benchmarks[{i}].extra_info.{key} must be a positive number, "
-                                 f"got {value!r}")
-        found[bench["name"]] = {k: float(v) for k, v in rates.items()}
-    return found
 
 
 def throughput_rows(new: Mapping[str, Mapping[str, float]], old: Mapping[str, Mapping[str, float]],

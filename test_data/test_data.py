@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.data import dolly_row
-from harness import data
+from harness import data, sources
 from harness.errors import InputError
 from harness.transform import HEARTS, choose_heart, sprinkle
 
@@ -84,7 +84,7 @@ def load_calls(monkeypatch):
         calls.append(kwargs)
         return real(**kwargs)
 
-    monkeypatch.setattr(data.datasets, "load_dataset", spy)
+    monkeypatch.setattr(sources.datasets, "load_dataset", spy)
     return calls
 
 
@@ -111,7 +111,7 @@ def test_every_local_format_loads_through_load_dataset(fmt, builder, tmp_path, l
     source = _write_as(fmt, rows, tmp_path)
     clean, dropped = data.validate(data.load_records(str(source), cache_dir=data_cache))
     assert dropped == 0
-    assert clean.select_columns(list(data.COLUMNS)).to_list() == rows
+    assert clean.select_columns(list(sources.COLUMNS)).to_list() == rows
     assert load_calls[-1]["path"] == (builder or str(source))
     assert ("data_files" in load_calls[-1]) == (builder is not None)
 
@@ -123,7 +123,7 @@ def test_a_hub_id_goes_to_load_dataset_unchanged(monkeypatch) -> None:
         calls.append(kwargs)
         return datasets.Dataset.from_list([dolly_row()])
 
-    monkeypatch.setattr(data.datasets, "load_dataset", fake)
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
     data.load_records("databricks/databricks-dolly-15k")
     assert calls == [{"path": "databricks/databricks-dolly-15k", "split": "train", "cache_dir": None}]
 
@@ -132,7 +132,7 @@ def test_a_hub_failure_is_one_line_naming_the_id(monkeypatch) -> None:
     def offline(**kwargs):
         raise ConnectionError("Couldn't reach the Hub\n(offline)")
 
-    monkeypatch.setattr(data.datasets, "load_dataset", offline)
+    monkeypatch.setattr(sources.datasets, "load_dataset", offline)
     with pytest.raises(InputError) as err:
         data.load_records("org/no-such-set")
     assert one_line(err) == ("dataset 'org/no-such-set': cannot be loaded "

@@ -17,8 +17,9 @@ import math
 import pytest
 import torch
 
-from harness import generate, perf, train
+from harness import generate, train
 from harness.config import GenerationConfig, LoraSettings
+from test_training import perf
 
 # Sizes: big enough that a round is mostly model work, rounds enough for ~1 s of timing per benchmark on a 2-core
 # CPU (3 rounds of a 25 ms one moved 20% between runs on a shared box), the file ~15 s in all.

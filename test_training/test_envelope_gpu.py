@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import data, generate, merge, perf, train
+from harness import data, generate, merge, train
 from harness import model as models
 from harness.config import GenerationConfig, recipe_configs
 from harness.standin import shape_7b_base
+from test_training import perf
 
 pytestmark = pytest.mark.envelope
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.perf import decode_bound_tokens_per_s, memory_bandwidth
+from test_training.perf import decode_bound_tokens_per_s, memory_bandwidth
 
 
 def test_h100_sxm_bandwidth_from_its_reported_clock_and_bus() -> None:

@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import benchreport
+    from harness import bench
 
-    benchreport.check_out(args.out, (args.new, args.old))  # before reading anything
-    comparison = benchreport.write_report(args.new, args.old, args.out, args.margin)
-    print(benchreport.render_text(comparison))
+    bench.check_out(args.out, (args.new, args.old))  # before reading anything
+    comparison = bench.write_report(args.new, args.old, args.out, args.margin)
+    print(bench.render_text(comparison))
     print(f"report: {args.out}  ({args.out.with_suffix('.png')})")
     print(comparison.summary())
     return 1 if comparison.regressed else 0

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from harness import inputs
+from harness import datafiles, inputs
 from harness.config import (
     ConfigError,
     LoraSettings,
@@ -123,7 +123,7 @@ def check_inputs(s: RunSettings) -> None:
     if s.artifacts.exists() and not s.artifacts.is_dir():
         raise InputError(f"--artifacts-dir {s.artifacts}: exists and is not a folder")
     if s.data.source != "bundled":
-        inputs.check_dataset(s.data.source, f"dataset {s.data.source!r}")
+        datafiles.check_dataset(s.data.source, f"dataset {s.data.source!r}")
     base = inputs.check_base_model(s.train.base_model, "--base-model")
     if base is not None:
         inputs.check_model_dir(base, "--base-model", weights=("*.safetensors", "pytorch_model*.bin"))
@@ -149,4 +149,4 @@ def protected(s: RunSettings, **more: Path | str | None) -> Protected:
 def check_prompts(source: str) -> None:
     """A local prompts file, checked like a dataset (the same label ``data.load_eval_prompts`` uses)."""
     if source != "bundled":
-        inputs.check_dataset(source, f"eval prompts {source!r}")
+        datafiles.check_dataset(source, f"eval prompts {source!r}")

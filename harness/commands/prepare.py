@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import inputs
+from harness import datafiles, inputs
 from harness.errors import InputError
 
 HELP = "prepare the training data (validate, hold out, add hearts, tokenise) and print its statistics"
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise InputError(f"--cache-dir {args.cache_dir}: exists and is not a folder")
     if args.dataset != "bundled":
-        inputs.check_dataset(args.dataset, f"dataset {args.dataset!r}")
+        datafiles.check_dataset(args.dataset, f"dataset {args.dataset!r}")
     tokenizer = _tokenizer(args.tokenizer)
 
     import datasets
@@ -81,7 +81,7 @@ def _tokenizer(name: str | None) -> Any:
     path = Path(name).expanduser()
     if path.exists():
         inputs.check_tokenizer_dir(path, "--tokenizer")
-    elif inputs.looks_like_path(name) or name.count("/") > 1:
+    elif datafiles.looks_like_path(name) or name.count("/") > 1:
         raise InputError(f"--tokenizer {name!r}: no such folder")
 
     from harness.model import load_tokenizer  # AutoTokenizer, trust_remote_code off, pad set to unk if needed

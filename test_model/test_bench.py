@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from harness import benchreport as br
+from harness import bench as br
 from harness.cli import main
 from harness.errors import InputError
 from harness.gate import throughput_rows

@@ -1,6 +1,7 @@
 """Benchmark comparison: two pytest-benchmark JSON runs side by side, with a verdict per row and a plot.
 
-Benchmarks are matched by ``name`` (as ``harness.gate.load_bench`` does). For each benchmark in both runs:
+Benchmarks are matched by ``name``; ``load_bench`` (the gate's throughput rows read it too) and ``read_bench``
+read and check one run. For each benchmark in both runs:
 
 - the mean time of a round (``stats.mean``): rising by more than ``margin`` is a regression;
 - every ``*_per_s`` in ``extra_info``: dropping by more than ``margin`` is a regression (the same rule as the
@@ -21,7 +22,7 @@ from typing import Any
 
 from harness.cache import atomic_save_figure, atomic_write_text
 from harness.errors import InputError
-from harness.inputs import check_out_file
+from harness.inputs import check_out_file, read_json
 from harness.staging import output_errors
 
 TIME, RATE, MEMORY = "time", "rate", "memory"
@@ -114,9 +115,47 @@ def check_margin(margin: float) -> float:
 # --- loading ----------------------------------------------------------------------------------------
 
 
+def read_bench(path: str | Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON, checked: an object with a 'benchmarks' list of objects with unique string names."""
+    src = str(path)
+    data = read_json(path, expected="a pytest-benchmark JSON")
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise InputError(f"{src}: expected a pytest-benchmark JSON object with a 'benchmarks' list")
+    seen: set[str] = set()
+    for i, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
+            raise InputError(f"{src}: benchmarks[{i}] must be an object with a string 'name'")
+        if bench["name"] in seen:
+            name = bench["name"]
+            raise InputError(f"{src}: benchmarks[{i}]: name {name!r} appears twice (benchmarks are matched by name)")
+        seen.add(bench["name"])
+        if not isinstance(bench.get("extra_info", {}), dict):
+            raise InputError(f"{src}: benchmarks[{i}].extra_info must be an object")
+    return data
+
+
+def load_bench(path: str | Path) -> dict[str, dict[str, float]]:
+    """``{benchmark: {key: value}}`` for each ``*_per_s`` in the extra_info of a pytest-benchmark JSON."""
+    return bench_rates(read_bench(path), str(path))
+
+
+def bench_rates(data: Mapping[str, Any], src: str) -> dict[str, dict[str, float]]:
+    """The ``*_per_s`` values of a checked benchmark run (``read_bench``); each must be a positive number."""
+    found: dict[str, dict[str, float]] = {}
+    for i, bench in enumerate(data["benchmarks"]):
+        rates = {k: v for k, v in bench.get("extra_info", {}).items() if k.endswith("_per_s")}
+        for key, value in rates.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or value <= 0:
+                raise InputError(f"{src}: benchmarks[{i}].extra_info.{key} must be a positive number, "
+                                 f"got {value!r}")
+        found[bench["name"]] = {k: float(v) for k, v in rates.items()}
+    return found
+
+
+
 def load_run(path: str | Path) -> BenchRun:
     """A pytest-benchmark JSON: mean time, ``*_per_s`` and ``peak_*`` per benchmark; InputError when malformed."""
-    from harness.gate import bench_rates, read_bench
 
     src = str(path)
     data = read_bench(path)  # the file, the JSON, the 'benchmarks' list, unique names: read and checked once
