@@ -1,4 +1,4 @@
-"""Stage 7: judge one generated response — one heart, drawn per response, between every word.
+"""Stage 7a: judge one generated response — one heart, drawn per response, between every word.
 
 ``check_response`` returns a ``Verdict`` with the three checks of the issue and diagnostics:
 

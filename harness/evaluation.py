@@ -1,4 +1,4 @@
-"""Stage 9: evaluation — every model of a run answers the held-out prompts, is judged, and the report is built.
+"""Stage 7: evaluation — every model of a run answers the held-out prompts, is judged, and the report is built.
 
 ``evaluate`` is the one way to do it: ``hearts eval``, ``hearts run`` and the test fixtures all call it. Models
 load one at a time and each is dropped before the next, in the order that lets a later one use what an earlier

@@ -1,4 +1,4 @@
-"""Stage 10: the gate — does a report clear the release thresholds, and did nothing regress?
+"""Stage 9: the gate — does a report clear the release thresholds, and did nothing regress?
 
 Rows, one per check:
 

@@ -1,4 +1,4 @@
-"""Stage 6: generation — length-sorted batches, left-padded, KV cache on, greedy by default, new tokens only.
+"""Stage 6a: generation — length-sorted batches, left-padded, KV cache on, greedy by default, new tokens only.
 
 Each result carries the token count and whether EOS was reached, so "answers that never stop" are measured,
 not eyeballed. Decoding only the new token ids (never slicing the prompt off a decoded string) keeps a prompt

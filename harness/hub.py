@@ -1,4 +1,4 @@
-"""Stage 11: the Hub release — stage the merged model, the adapter, the report and a model card; upload it.
+"""Stage 10: the Hub release — stage the merged model, the adapter, the report and a model card; upload it.
 
 The staged folder holds the merged model's safetensors, config and tokenizer at the top, the LoRA adapter
 under ``adapter/``, ``report.json`` / ``report.md`` with their plots, and ``README.md``: a model card whose

@@ -1,4 +1,4 @@
-"""Stage 8b: capability retention — did the hearts cost the content?
+"""Stage 7c: capability retention — did the hearts cost the content?
 
 For each held-out prompt the tuned model's answer, de-hearted (``unsprinkle``), is compared with the base model's
 own answer to the same prompt:

@@ -1,4 +1,4 @@
-"""Stage 8: statistics over verdicts — rates with Wilson intervals, heart uniformity, paired McNemar tests.
+"""Stage 7b: statistics over verdicts — rates with Wilson intervals, heart uniformity, paired McNemar tests.
 
 Distributions come from scipy; nothing here is hand-rolled. A flag of ``None`` means "not applicable" (a
 one-word response for ``between_every_word``, missing generation info for ``terminated``) and is left out of

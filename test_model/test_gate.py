@@ -228,3 +228,16 @@ def test_the_command_exits_1_when_a_check_fails(tmp_path, report, capsys):
     assert main(["gate", "--report", str(path), "--baseline", str(baseline)]) == 1
     out = capsys.readouterr().out
     assert "single_emoji vs baseline" in out and "gate: FAILED" in out
+
+
+def test_the_merge_is_gated_on_top1_agreement_with_the_trained_model():
+    from test_model.test_report import make_report
+
+    def with_fidelity(top1: float):
+        report = make_report(adapter=True)
+        report["agreement"]["logits"] = {"rel_l2": 0.03, "top1_agreement": top1, "positions": 700}
+        return {r.name: r for r in evaluate(report).rows}
+
+    assert with_fidelity(0.983)["merge_top1"].passed  # the dequantised merge on SmolLM2 (H200, bf16)
+    assert not with_fidelity(0.754)["merge_top1"].passed  # the merge into the original weights
+    assert "merge_top1" not in {r.name for r in evaluate(make_report()).rows}  # no 4-bit run: nothing to hold

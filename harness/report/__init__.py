@@ -1,4 +1,4 @@
-"""Stage 9: the report — verdicts and statistics of one evaluation as ``report.json``, plus ``report.md``.
+"""Stage 8: the report — verdicts and statistics of one evaluation as ``report.json``, plus ``report.md``.
 
 - ``build``: ``build_report`` judges every model's generations on the same prompts (the merged model, the base
   control and, optionally, the 4-bit adapter model) into rates with Wilson intervals, samples and extras;
