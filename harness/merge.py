@@ -19,7 +19,7 @@ import torch
 
 from harness import inputs
 from harness import model as models
-from harness.config import TrainConfig
+from harness.config import MergeConfig, TrainConfig
 from harness.errors import InputError
 
 MERGE_INFO = "merge_info.json"  # {"method": ..., "dtype": ...}: what the model card says was uploaded
@@ -46,6 +46,7 @@ def apply_adapter(base_model, adapter: Path, *, is_trainable: bool = False):
 
 
 METHODS = ("dequantized", "original")
+DEFAULT_METHOD = MergeConfig().method  # one default: the config's
 
 
 def merge_base(base: Path | str, cfg: TrainConfig, dtype: torch.dtype, method: str):
@@ -62,7 +63,7 @@ def merge_base(base: Path | str, cfg: TrainConfig, dtype: torch.dtype, method: s
 
 
 def load_merged_in_memory(base: Path | str, adapter: Path, cfg: TrainConfig, dtype: torch.dtype,
-                          method: str = "dequantized"):
+                          method: str = DEFAULT_METHOD):
     """Base + adapter, merged by ``method``: the model a release would contain."""
     return apply_adapter(merge_base(base, cfg, dtype, method), adapter).merge_and_unload()
 
@@ -82,7 +83,7 @@ def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype)
 
 
 def merge(base: Path | str, adapter: Path, out_dir: Path, cfg: TrainConfig, dtype: torch.dtype,
-          method: str = "dequantized") -> Path:
+          method: str = DEFAULT_METHOD) -> Path:
     """Write the merged model (safetensors), its method and the adapter's tokenizer into ``out_dir``."""
     models.quiet_libraries()
     merged = load_merged_in_memory(base, adapter, cfg, dtype, method)
@@ -102,7 +103,7 @@ def merge_method(merged_dir: Path) -> str | None:
 
 
 def merged_for(artifacts: Path, adapter: Path, base: Path | str, cfg: TrainConfig, dtype: torch.dtype,
-               method: str = "dequantized") -> Path:
+               method: str = DEFAULT_METHOD) -> Path:
     """The merged model for a (cached) adapter, itself cached under the adapter's manifest, dtype and method."""
     from harness import cache
 
