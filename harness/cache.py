@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness import distributed
 from harness.staging import swap_in
 
 MANIFEST = "manifest.json"
@@ -106,22 +107,52 @@ def cached(
     *,
     rebuild: bool = False,
 ) -> tuple[Path, bool]:
-    """Return ``(entry folder, built_now)``, calling ``build(tmp_dir)`` only when no complete entry exists."""
+    """Return ``(entry folder, built_now)``, calling ``build(tmp_dir)`` only when no complete entry exists.
+
+    Among the ranks of a launcher, rank 0 alone builds (libraries save only from the main process) while the
+    others wait for it; ``build`` must then need no other rank (distributed training: ``harness.train``).
+    """
+    if distributed.coordinated():
+        mine = _cached_here(root, kind, material, build, rebuild) if distributed.world().main else None
+        final, built = distributed.broadcast(mine)  # the others wait here until rank 0 has built
+        if not is_complete(final):
+            raise RuntimeError(f"rank {distributed.world().rank}: cache entry {final} is not complete")
+        return final, built
+    return _cached_here(root, kind, material, build, rebuild)
+
+
+def _cached_here(root: Path, kind: str, material: Mapping[str, Any], build: Callable[[Path], object],
+                 rebuild: bool) -> tuple[Path, bool]:
+    with building(root, kind, material, rebuild=rebuild) as (final, tmp):
+        if tmp is not None:
+            build(tmp)
+    return final, tmp is not None
+
+
+@contextlib.contextmanager
+def building(root: Path, kind: str, material: Mapping[str, Any], *, rebuild: bool = False
+             ) -> Iterator[tuple[Path, Path | None]]:
+    """Hold the entry's lock and yield ``(final, tmp)``: ``tmp`` is None when a complete entry exists, else an
+    empty folder to build in, swapped into place (manifest last) when the block ends without an exception.
+
+    For builds that need other processes while the lock is held (the ranks of a distributed training): the
+    holder can tell them whether to build before it starts.
+    """
     key = cache_key(material)
     final = Path(root) / kind / key
     with _lock(final.parent / f".{key}.lock"):
         if not rebuild and is_complete(final):
-            return final, False
+            yield final, None
+            return
         _sweep_temps(final.parent, key)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_TMP_PREFIX}{key}-"))
         try:
-            build(tmp)
+            yield final, tmp
             write_manifest(tmp, material)
             swap_in(tmp, final)  # a stale, corrupt or --retrain entry is replaced only now the new one is whole
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return final, True
 
 
 def lookup(root: Path, kind: str, material: Mapping[str, Any]) -> Path | None:

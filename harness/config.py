@@ -137,6 +137,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     max_grad_norm: float = 0.3
+    # Rows per optimizer step before accumulation, over all processes of a launcher (each takes an equal share).
     batch_size: int = 8  # the original's 4 leaves a 7B step bound by Python dispatch, not by the GPU
     grad_accum: int = 1
     max_steps: int = 300

@@ -12,7 +12,9 @@ one left behind:
 
 Answers and measurements come from the generation cache (``harness.answers``) when their inputs are unchanged,
 and a model is loaded only when something it must produce is missing: re-judging after a checker or gate
-change loads no model at all.
+change loads no model at all. Under ``torchrun``/``accelerate launch`` every rank loads each model on its own
+device and answers its share of the prompts (``harness.distributed.sharded``); every rank then holds the same
+answers, so the report is the one a single process makes.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ import dataclasses
 import gc
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness import answers, cache, data, generate, merge, model, retention
+from harness import answers, cache, data, distributed, generate, merge, model, retention
 from harness.config import EvalConfig, RunSettings
 from harness.generate import Generation
 from harness.report import build_report
@@ -135,7 +136,7 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
         lm = merge.load_merged(run.merged_dir, dtype, device)
         _answer(run, "merged", lm)
         for key in sampled:
-            _answer(run, key, lm, lambda lm, key=key: _samples(run, lm, float(key.split("@", 1)[1])))
+            _answer(run, key, lm, _samples(run, float(key.split("@", 1)[1])))
         if need_measure and probe is not None:
             measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, probe))
         del lm, reference
@@ -152,13 +153,26 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     return measured
 
 
-def _answer(run: _Run, name: str, lm, produce: Callable[[Any], list[Generation]] | None = None) -> None:
-    """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation."""
+_Sampling = tuple[list[str], Any, list[int]]  # prompts (K per prompt), generation config, one seed per answer
+
+
+def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None) -> None:
+    """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation.
+
+    Under a launcher each rank answers its share of the prompts and all ranks end with every answer."""
     if name in run.outputs:
         return
+    prompts, cfg, seeds = sampling or (run.prompts, run.s.generation, None)
+    progress = run.progress and distributed.world().main
+
+    def produce(indices: list[int]) -> list[Generation]:
+        if not indices:
+            return []
+        return generate.generate(lm, run.tokenizer, [prompts[i] for i in indices], cfg, progress,
+                                 seeds=None if seeds is None else [seeds[i] for i in indices])
+
     start = time.perf_counter()
-    made = (produce or (lambda m: generate.generate(m, run.tokenizer, run.prompts, run.s.generation,
-                                                    run.progress)))(lm)
+    made = distributed.sharded(produce, len(prompts))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -170,13 +184,13 @@ def _answer(run: _Run, name: str, lm, produce: Callable[[Any], list[Generation]]
         answers.store_answers(run.s.artifacts, run.keys[name], made)
 
 
-def _samples(run: _Run, lm, temperature: float) -> list[Generation]:
+def _samples(run: _Run, temperature: float) -> _Sampling:
     """K seeded samples per prompt (prompt-major), each with its own seed (``generate.sample_seed``)."""
     s = run.s
     cfg = dataclasses.replace(s.generation, do_sample=True, temperature=temperature, top_p=s.eval.top_p)
     prompts = [p for p in run.prompts for _ in range(s.eval.samples)]
     seeds = [generate.sample_seed(cfg.seed, p, k) for p in run.prompts for k in range(s.eval.samples)]
-    return generate.generate(lm, run.tokenizer, prompts, cfg, run.progress, seeds=seeds)
+    return prompts, cfg, seeds
 
 
 def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:

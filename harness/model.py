@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from harness import cache, inputs
+from harness import cache, distributed, inputs
 from harness.config import PACKAGED_BASES, STANDINS, LoraSettings, TrainConfig
 from harness.errors import InputError
 
@@ -28,13 +28,19 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def resolve_device(setting: str = "auto") -> torch.device:
     """``auto``: the GPU when torch sees one, else the CPU; ``cpu`` and ``cuda`` as asked (CPU runs on a GPU
-    runner too, so one machine can judge both)."""
+    runner too, so one machine can judge both). Under a launcher each rank has its own GPU, ``LOCAL_RANK``'s."""
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
     if setting not in ("cpu", "cuda"):
         raise InputError(f"device {setting!r}: expected one of auto, cpu, cuda")
     if setting == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda': no GPU is visible to torch")
+    w = distributed.world()
+    if setting == "cuda" and w.distributed:
+        if w.local_rank >= torch.cuda.device_count():
+            raise InputError(f"rank {w.rank}: LOCAL_RANK {w.local_rank} but only {torch.cuda.device_count()} GPUs "
+                             "are visible (start at most one process per GPU)")
+        return torch.device("cuda", w.local_rank)
     return torch.device(setting)
 
 

@@ -12,7 +12,9 @@ import json
 import resource
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from harness import cache
+from harness import cache, distributed
 from harness import model as models
 from harness.config import DataConfig, LoraSettings, TrainConfig
 from harness.errors import InputError
@@ -53,11 +55,21 @@ def optimizer_name(cfg: TrainConfig) -> str:
     return "paged_adamw_32bit" if on_cuda else "adamw_torch"
 
 
+def per_rank_batch(cfg: TrainConfig) -> int:
+    """``batch_size`` is the rows of one optimizer step (before accumulation) over all ranks of a launcher, so a
+    recipe trains the same adapter on 1 GPU or N (within float tolerance; tested): each rank takes 1/N."""
+    ranks = distributed.world().size
+    if cfg.batch_size % ranks:
+        raise InputError(f"batch_size {cfg.batch_size}: not divisible by the launcher's {ranks} processes "
+                         "(each takes an equal share of every step's rows)")
+    return cfg.batch_size // ranks
+
+
 def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> TrainingArguments:
     on_cuda = models.run_device(cfg).type == "cuda"
     return TrainingArguments(
         output_dir=str(out_dir / "trainer"),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_rank_batch(cfg),
         gradient_accumulation_steps=cfg.grad_accum,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -78,6 +90,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> T
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under a launcher: every LoRA weight takes part in every step
         disable_tqdm=not sys.stderr.isatty(),
     )
 
@@ -147,7 +160,7 @@ def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dt
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen)
     samples = trainer.state.global_step * trainer.args.per_device_train_batch_size * \
-        trainer.args.gradient_accumulation_steps
+        trainer.args.gradient_accumulation_steps * trainer.args.world_size  # tokens seen are summed over ranks
     return {
         "steps": trainer.state.global_step,
         "loss": [{"step": s, "loss": loss} for s, loss in losses],
@@ -159,6 +172,7 @@ def _metrics(trainer: Trainer, output, wall: float, guard: TrainingModeGuard, dt
         "checked_train_mode_steps": guard.checked_steps,
         "compute_dtype": models.dtype_name(dtype),
         "device": str(device),
+        "processes": trainer.args.world_size,
         **peak_memory(device),
     }
 
@@ -215,10 +229,12 @@ def dataset_fingerprint(ds) -> str:
 
 def adapter_for(artifacts: Path, cfg: TrainConfig, lora: LoraSettings, data_cfg: DataConfig, *,
                 retrain: bool = False) -> TrainedAdapter:
-    """The adapter for these settings: from the cache when a complete entry exists, else trained now."""
+    """The adapter for these settings: from the cache when a complete entry exists, else trained now (on every
+    rank of a launcher, data-parallel: see ``harness.distributed``)."""
     from harness import data
 
     models.quiet_libraries()
+    distributed.init(models.run_device(cfg))
     base = models.resolve_base(cfg.base_model, artifacts)
     tokenizer = models.load_tokenizer(base, cfg.revision)
     prepared = data.prepare(data_cfg, tokenizer)
@@ -229,5 +245,31 @@ def adapter_for(artifacts: Path, cfg: TrainConfig, lora: LoraSettings, data_cfg:
         train_adapter(tmp, base, tokenizer, prepared.train, cfg, lora, material)
         cache.atomic_write_text(tmp / "data_stats.json", json.dumps(prepared.stats, indent=2, default=str))
 
-    path, built = cache.cached(artifacts, "adapter", material, build, rebuild=retrain)
+    if distributed.world().distributed:
+        path, built = _on_every_rank(artifacts, material, build, retrain)
+    else:
+        path, built = cache.cached(artifacts, "adapter", material, build, rebuild=retrain)
     return TrainedAdapter(path=path, base=base, built_now=built)
+
+
+def _on_every_rank(artifacts: Path, material: dict[str, Any], build: Callable[[Path], None],
+                   retrain: bool) -> tuple[Path, bool]:
+    """One adapter trained by all ranks: rank 0 holds the cache entry's lock, tells the others whether to
+    train, and alone writes the entry; the others train in a scratch folder and wait until it is in place.
+    A killed rank stops the launcher's whole group, so the entry is never completed (nothing is reused)."""
+    if distributed.world().main:
+        with cache.building(artifacts, "adapter", material, rebuild=retrain) as (final, tmp):
+            distributed.broadcast((str(final), tmp is not None))
+            if tmp is not None:
+                build(tmp)
+        built = tmp is not None
+    else:
+        where, built = distributed.broadcast(None)
+        final = Path(where)
+        if built:
+            with tempfile.TemporaryDirectory(prefix=".hearts-rank-") as scratch:
+                build(Path(scratch))
+    distributed.barrier()  # rank 0 has swapped the entry in
+    if not cache.is_complete(final):
+        raise RuntimeError(f"rank {distributed.world().rank}: the adapter entry {final} is not complete")
+    return final, built

@@ -38,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(s.eval.prompts)
     check_runtime(s)
 
-    from harness import evaluation, pipeline
+    from harness import distributed, evaluation, pipeline
     from harness.report import REPORT_JSON, write_report
     from harness.staging import replace_dir
 
     adapter, merged_dir = pipeline.train_and_merge(s)
     report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
+    if not distributed.world().main:
+        return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
                       protect=guard)
     print(f"report: {out / REPORT_JSON}")

@@ -31,14 +31,17 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
     check_runtime(s)
 
-    from harness import evaluation, pipeline
+    from harness import distributed, evaluation, pipeline
     from harness.report import REPORT_JSON, REPORT_MD, write_report
     from harness.staging import replace_dir
 
     adapter, merged_dir = pipeline.train_and_merge(s)
-    print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
-    print(f"merged:  {merged_dir}")
+    if distributed.world().main:
+        print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
+        print(f"merged:  {merged_dir}")
     report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
+    if not distributed.world().main:
+        return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
                       protect=guard)
     path = out / REPORT_JSON

@@ -15,11 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import train
+    from harness import distributed, train
 
     s = settings(args)
     check_runtime(s)
     adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data, retrain=s.retrain)
+    if not distributed.world().main:
+        return 0  # rank 0 reports for the launcher's whole group
     metrics = json.loads((adapter.path / train.METRICS).read_text())
     print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
     print(f"steps {metrics['steps']}, final loss {metrics['loss'][-1]['loss']:.3f}, "

@@ -1,0 +1,107 @@
+"""Several processes, one run: the ranks that ``torchrun`` or ``accelerate launch`` start.
+
+The launchers set ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; a plain ``hearts`` process is rank 0 of 1 and
+none of this does anything. With several ranks:
+
+- training is data-parallel through the Trainer (DDP; the QLoRA base on ``cuda:LOCAL_RANK``): every rank
+  trains, rank 0 alone writes the adapter's cache entry, the others wait for it (``harness.train``);
+- evaluation generation is sharded: each rank answers every ``size``-th prompt, and every rank ends with all
+  answers in prompt order (``sharded``), so judging, the report and the gate are those of one process;
+- only rank 0 writes reports and prints the verdict (``World.main``).
+
+Single host only: the ranks share the artifacts folder (its file locks and renames are what keep them apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's place among the launcher's ranks (rank 0 of 1 without a launcher)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                 int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init(device: torch.device) -> World:
+    """Join the launcher's process group (gloo on CPU, NCCL on CUDA), once; accelerate's own state does it, so
+    the Trainer later finds the group it expects."""
+    w = world()
+    if w.distributed and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=device.type == "cpu")
+    return w
+
+
+def coordinated() -> bool:
+    """Several ranks, joined in a process group: they can wait for each other."""
+    return world().distributed and torch.distributed.is_initialized()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (pickled)."""
+    if not world().distributed:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world().distributed:
+        torch.distributed.barrier()
+
+
+def shares(n: int, size: int) -> list[list[int]]:
+    """Rank r's items of ``range(n)``: every ``size``-th from r, so length-sorted batches stay balanced."""
+    return [list(range(rank, n, size)) for rank in range(size)]
+
+
+def in_order(parts: Sequence[tuple[Sequence[int], Sequence[T]]], n: int) -> list[T]:
+    """The ranks' ``(indices, results)`` put back into one list in item order; every item exactly once."""
+    out: list[Any] = [None] * n
+    seen = 0
+    for indices, results in parts:
+        if len(indices) != len(results):
+            raise RuntimeError(f"{len(results)} results for {len(indices)} items")
+        for i, result in zip(indices, results, strict=True):
+            out[i] = result
+        seen += len(indices)
+    if seen != n or len({i for indices, _ in parts for i in indices}) != n:
+        raise RuntimeError(f"the ranks returned {seen} results for {n} items")
+    return out
+
+
+def sharded(produce: Callable[[list[int]], Sequence[T]], n: int) -> list[T]:
+    """``produce(indices)`` on this rank's share of ``range(n)``, gathered so that every rank returns all ``n``
+    results in order (one process: ``produce(range(n))``)."""
+    w = world()
+    if not w.distributed:
+        return list(produce(list(range(n))))
+    mine = shares(n, w.size)[w.rank]
+    parts: list[Any] = [None] * w.size
+    torch.distributed.all_gather_object(parts, (mine, list(produce(mine))))
+    return in_order(parts, n)
