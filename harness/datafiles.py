@@ -87,7 +87,8 @@ def check_data_file(path: Path, label: str) -> Places | None:
     """One data file by its suffix: rows that the loader can read without crashing, at least one of them."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _parquet(path, label)
+        _parquet(path, label)  # a parquet file's rows have no line numbers to report
+        return None
     text = decode_utf8(read_bytes(path, label), label)
     if suffix == ".csv":
         return _csv(text, label)

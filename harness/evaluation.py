@@ -24,7 +24,7 @@ import gc
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from harness.config import EvalConfig, RunSettings
 from harness.generate import Generation
 from harness.report import build_report
 from harness.train import METRICS, TrainedAdapter
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
 CONFIG_TABLES = ("train", "lora", "data", "merge", "generation", "eval")
@@ -137,7 +140,7 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
         _answer(run, "merged", lm)
         for key in sampled:
             _answer(run, key, lm, _samples(run, float(key.split("@", 1)[1])))
-        if need_measure and probe is not None:
+        if need_measure and probe is not None and reference is not None:
             measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, probe))
         del lm, reference
         _release_memory()
@@ -212,7 +215,7 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
                       sampled, report, tuple(run.generated))
 
 
-def _teacher_forced(tokenizer, prompts: list[str], answered: list[Generation]) -> dict[str, torch.Tensor]:
+def _teacher_forced(tokenizer, prompts: list[str], answered: list[Generation]) -> BatchEncoding:
     """The first few prompts with the trained model's own answers, right-padded, for the logit comparison."""
     tokenizer.padding_side = "right"
     texts = [p + g.response for p, g in zip(prompts[:FIDELITY_PROMPTS], answered, strict=False)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from harness import inputs
 from harness import model as models
 from harness.config import MergeConfig, TrainConfig
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 MERGE_INFO = "merge_info.json"  # {"method": ..., "dtype": ...}: what the model card says was uploaded
 MAX_SHARD = "2GB"
@@ -121,7 +125,7 @@ def merged_for(artifacts: Path, adapter: Path, base: Path | str, cfg: TrainConfi
 
 
 @torch.inference_mode()
-def logits_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def logits_on(model, batch: BatchEncoding) -> torch.Tensor:
     """The model's logits at the attended positions of ``batch`` (float32, on the CPU, one row a position)."""
     mask = batch["attention_mask"].bool()
     return model(**batch.to(model.device)).logits.float().cpu()[mask.cpu()]
@@ -134,6 +138,6 @@ def compare_logits(reference: torch.Tensor, got: torch.Tensor) -> dict[str, floa
             "positions": int(reference.shape[0])}
 
 
-def logit_fidelity(reference, candidate, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+def logit_fidelity(reference, candidate, batch: BatchEncoding) -> dict[str, float]:
     """How close ``candidate``'s logits are to ``reference``'s on ``batch`` (``compare_logits``)."""
     return compare_logits(logits_on(reference, batch), logits_on(candidate, batch))

@@ -16,7 +16,7 @@ training answers shuffled across prompts) shows as a chrF collapse and an NLL in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,7 +127,7 @@ def per_prompt(tuned_answers: Sequence[str], base_answers: Sequence[str], nll_tu
             for c, t, b in zip(chrf, nll_tuned, nll_base, strict=True)]
 
 
-def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, Any]]:
+def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
     """The retention block of a report: each figure's mean over prompts with its bootstrap interval."""
     return {
         "chrf": mean_with_interval([r["chrf"] for r in rows]).to_dict(),
