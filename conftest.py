@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# No test reaches the network: a model or dataset name that is not a local path resolves against the local
+# Hugging Face cache only (set before any Hugging Face library is imported, which reads these once). To test a
+# Hub model that is not cached yet, download it first, or run with HF_HUB_OFFLINE=0.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from harness import distributed
 from harness.errors import InputError
 
 # (subcommand, module under harness.commands); modules are imported lazily so `hearts --help` stays fast.
@@ -29,6 +30,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("upload", "upload"),
     ("env", "env"),
 )
+# The commands that know about several ranks (harness.distributed); the rest would only repeat one another's
+# work and race for their output under torchrun or accelerate launch.
+RANKED = ("train", "eval", "run")
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,10 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help (0) or a usage error (2, already printed as one line)
         return done.code if isinstance(done.code, int) else 2
     try:
+        _check_launcher(args.command)
         return int(args._run(args) or 0)
     except (InputError, OSError) as err:
         print(f"hearts {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _check_launcher(command: str) -> None:
+    ranks = distributed.world()
+    if ranks.distributed and command not in RANKED:
+        raise InputError(f"runs as one process, not as rank {ranks.rank} of {ranks.size}: start it without "
+                         f"torchrun/accelerate launch (only {', '.join(RANKED)} use several ranks)")
 
 
 def _one_line(err: BaseException | str) -> str:

@@ -10,6 +10,8 @@ none of this does anything. With several ranks:
 - only rank 0 writes reports and prints the verdict (``World.main``).
 
 Single host only: the ranks share the artifacts folder (its file locks and renames are what keep them apart).
+The other commands run as one process and refuse a launcher (``harness.cli``). torch is imported only where a
+process group is used: the CLI asks ``world()`` before anything is loaded.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -48,6 +51,8 @@ def world() -> World:
 def init(device: torch.device) -> World:
     """Join the launcher's process group (gloo on CPU, NCCL on CUDA), once; accelerate's own state does it, so
     the Trainer later finds the group it expects."""
+    import torch.distributed
+
     w = world()
     if w.distributed and not torch.distributed.is_initialized():
         from accelerate import PartialState
@@ -58,13 +63,19 @@ def init(device: torch.device) -> World:
 
 def coordinated() -> bool:
     """Several ranks, joined in a process group: they can wait for each other."""
-    return world().distributed and torch.distributed.is_initialized()
+    if not world().distributed:
+        return False
+    import torch.distributed
+
+    return torch.distributed.is_initialized()
 
 
 def broadcast(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (pickled)."""
     if not world().distributed:
         return value
+    import torch.distributed
+
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
@@ -72,6 +83,8 @@ def broadcast(value: Any) -> Any:
 
 def barrier() -> None:
     if world().distributed:
+        import torch.distributed
+
         torch.distributed.barrier()
 
 
@@ -101,6 +114,8 @@ def sharded(produce: Callable[[list[int]], Sequence[T]], n: int) -> list[T]:
     w = world()
     if not w.distributed:
         return list(produce(list(range(n))))
+    import torch.distributed
+
     mine = shares(n, w.size)[w.rank]
     parts: list[Any] = [None] * w.size
     torch.distributed.all_gather_object(parts, (mine, list(produce(mine))))

@@ -199,3 +199,35 @@ def test_a_global_batch_that_the_ranks_cannot_share_is_refused(monkeypatch):
     assert train.per_rank_batch(TrainConfig(batch_size=9)) == 3
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert train.per_rank_batch(TrainConfig(batch_size=8)) == 8
+
+
+# Arguments that parse; every file they name is missing, so a command that got past the launcher check would
+# stop at once on its own one-line error (the negative control below).
+ONE_PROCESS = {
+    "prepare": ["--dataset", "missing.jsonl", "--out", "p"],
+    "merge": ["--config", "missing.toml"],
+    "generate": ["--model", "./missing", "--out", "g"],
+    "judge": ["--answers", "missing.jsonl", "--control", "missing.jsonl"],
+    "gate": ["--report", "missing.json"],
+    "bench": ["--new", "missing.json", "--old", "missing.json", "--out", "b.md"],
+    "upload": ["--report", "missing.json", "--repo-id", "me/m", "--dry-run", "d"],
+    "env": ["--lock", "missing.txt"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(ONE_PROCESS))
+def test_the_one_process_commands_refuse_a_launcher(command, monkeypatch, capsys, tmp_path):
+    # Under torchrun each rank would redo the work and race for the same output folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main([command, *ONE_PROCESS[command]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hearts {command}: error: runs as one process, not as rank 1 of 2: start it without "
+                   "torchrun/accelerate launch (only train, eval, run use several ranks)"]
+    assert not any(tmp_path.iterdir())
+    # Negative control: without a launcher the same command gets past that check (to its own error).
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main([command, *ONE_PROCESS[command]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hearts {command}: error: ") and "runs as one process" not in err
