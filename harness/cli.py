@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, OSError) as err:
         print(f"hearts {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        distributed.close()
 
 
 def _check_launcher(command: str) -> None:

@@ -16,15 +16,20 @@ process group is used: the CLI asks ``world()`` before anything is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+# How long a rank waits in a collective: the others wait while rank 0 alone builds a cache entry (a 7B merge,
+# a stand-in) or waits for another run's build of the same entry; NCCL's default (10 min) would kill them.
+TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +62,29 @@ def init(device: torch.device) -> World:
     if w.distributed and not torch.distributed.is_initialized():
         from accelerate import PartialState
 
-        PartialState(cpu=device.type == "cpu")
+        PartialState(cpu=device.type == "cpu", timeout=TIMEOUT)
     return w
+
+
+def close() -> None:
+    """Leave the process group (torch warns at exit about one never destroyed)."""
+    if coordinated():
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it fills shared caches, e.g. the datasets cache), then the others."""
+    if not coordinated():
+        yield
+        return
+    if not world().main:
+        barrier()
+    yield
+    if world().main:
+        barrier()
 
 
 def coordinated() -> bool:

@@ -83,19 +83,29 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report."""
     run = _Run(s, adapter, merged_dir, model.load_tokenizer(adapter.path), held_out_prompts(s.eval), progress)
     run.keys = _identities(run)
-    for name, key in run.keys.items():
-        found = answers.lookup_answers(s.artifacts, key) if run.use_cache else None
-        if found is not None:
-            run.outputs[name] = found
     measure_key = {"answers": {name: cache.cache_key(key) for name, key in run.keys.items()},
                    "fidelity_prompts": FIDELITY_PROMPTS}
-    measured = answers.lookup_json(s.artifacts, "measurements", measure_key) if run.use_cache else None
+    # Rank 0 reads the cache for all ranks: a concurrent run completing an entry between two ranks' lookups
+    # would send them down different paths (and into different collectives).
+    found, measured = distributed.broadcast(_cached_outputs(run, measure_key) if distributed.world().main
+                                            else None)
+    run.outputs.update(found)
     fresh = _run_models(run, need_measure=measured is None)
     if measured is None:
         measured = fresh
         if run.use_cache:
             answers.store_json(s.artifacts, "measurements", measure_key, measured)
     return _assemble(run, measured)
+
+
+def _cached_outputs(run: _Run, measure_key: dict[str, Any]
+                    ) -> tuple[dict[str, list[Generation]], dict[str, Any] | None]:
+    """The answer sets and measurements the generation cache already holds for this run."""
+    if not run.use_cache:
+        return {}, None
+    found = {name: answers.lookup_answers(run.s.artifacts, key) for name, key in run.keys.items()}
+    return ({name: got for name, got in found.items() if got is not None},
+            answers.lookup_json(run.s.artifacts, "measurements", measure_key))
 
 
 def _identities(run: _Run) -> dict[str, dict[str, Any]]:

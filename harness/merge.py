@@ -77,8 +77,9 @@ def load_merged(merged_dir: Path, dtype: torch.dtype, device: torch.device | Non
     GPU if any)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype)
-    return model.to(device or models.resolve_device())  # type: ignore[arg-type]  # stubs type .to() for dtypes
+    # Loaded straight onto the device: N ranks must not each hold a whole copy in host memory first.
+    return AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype,
+                                                device_map={"": device or models.resolve_device()})
 
 
 def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):

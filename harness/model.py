@@ -37,10 +37,11 @@ def resolve_device(setting: str = "auto") -> torch.device:
         raise InputError("device 'cuda': no GPU is visible to torch")
     w = distributed.world()
     if setting == "cuda" and w.distributed:
-        if w.local_rank >= torch.cuda.device_count():
-            raise InputError(f"rank {w.rank}: LOCAL_RANK {w.local_rank} but only {torch.cuda.device_count()} GPUs "
-                             "are visible (start at most one process per GPU)")
-        return torch.device("cuda", w.local_rank)
+        # As accelerate does: modulo, for launchers that show each rank only its own GPU. Made current at once,
+        # so that nothing (bf16 probing, caching allocators) opens a context on GPU 0 for every rank.
+        device = torch.device("cuda", w.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
     return torch.device(setting)
 
 
@@ -135,7 +136,7 @@ def bnb_config(cfg: TrainConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
 def load_base(resolved: Path | str, dtype: torch.dtype, revision: str | None = None,
               device: torch.device | None = None):
     """The base model unquantised in ``dtype`` on ``device`` (default: the GPU if any) — merge, control."""
-    return _from_pretrained(resolved, dtype=dtype, revision=revision).to(device or resolve_device())
+    return _from_pretrained(resolved, dtype=dtype, revision=revision, device_map={"": device or resolve_device()})
 
 
 def load_quantized(resolved: Path | str, cfg: TrainConfig, dtype: torch.dtype):

@@ -56,8 +56,8 @@ def optimizer_name(cfg: TrainConfig) -> str:
 
 
 def per_rank_batch(cfg: TrainConfig) -> int:
-    """``batch_size`` is the rows of one optimizer step (before accumulation) over all ranks of a launcher, so a
-    recipe trains the same adapter on 1 GPU or N (within float tolerance; tested): each rank takes 1/N."""
+    """``batch_size`` is the rows of one optimizer step (before accumulation) over all ranks of a launcher: each
+    rank takes 1/N, so a recipe keeps its global batch on 1 GPU or N (``rank_independent``: the same adapter)."""
     ranks = distributed.world().size
     if cfg.batch_size % ranks:
         raise InputError(f"batch_size {cfg.batch_size}: not divisible by the launcher's {ranks} processes "
@@ -205,6 +205,7 @@ def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: 
         "lora": dataclasses.asdict(lora),
         "data": dataclasses.asdict(data),
         "device": models.run_device(cfg).type,
+        **_rank_count(cfg, lora),
         "versions": {
             "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__,
@@ -213,6 +214,17 @@ def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: 
             "harness": __version__,
         },
     }
+
+
+def rank_independent(cfg: TrainConfig, lora: LoraSettings) -> bool:
+    """Whether N ranks train what one process trains, up to float summation order: only without dropout (each
+    rank draws its own masks) and with one shuffled order (the length-grouped sampler groups per rank)."""
+    return lora.dropout == 0 and not cfg.group_by_length
+
+
+def _rank_count(cfg: TrainConfig, lora: LoraSettings) -> dict[str, int]:
+    """Key material for the launcher's rank count where it changes the adapter (else one recipe, one entry)."""
+    return {} if rank_independent(cfg, lora) else {"processes": distributed.world().size}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +249,8 @@ def adapter_for(artifacts: Path, cfg: TrainConfig, lora: LoraSettings, data_cfg:
     distributed.init(models.run_device(cfg))
     base = models.resolve_base(cfg.base_model, artifacts)
     tokenizer = models.load_tokenizer(base, cfg.revision)
-    prepared = data.prepare(data_cfg, tokenizer)
+    with distributed.main_first():  # one rank fills the datasets cache, the others read it
+        prepared = data.prepare(data_cfg, tokenizer)
     material = run_config(cfg, lora, data_cfg, models.base_fingerprint(cfg.base_model, base, cfg.revision),
                           dataset_fingerprint(prepared.train))
 
@@ -270,6 +283,4 @@ def _on_every_rank(artifacts: Path, material: dict[str, Any], build: Callable[[P
             with tempfile.TemporaryDirectory(prefix=".hearts-rank-") as scratch:
                 build(Path(scratch))
     distributed.barrier()  # rank 0 has swapped the entry in
-    if not cache.is_complete(final):
-        raise RuntimeError(f"rank {distributed.world().rank}: the adapter entry {final} is not complete")
     return final, built

@@ -8,6 +8,7 @@ a multi-GPU runner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -65,14 +67,25 @@ def mini_config(tmp_path: Path, *, batch: int = 8, steps: int = 4, name: str = "
     return path
 
 
-def torchrun(*args: str, ranks: int = RANKS, wait: bool = True):
-    """``torchrun --standalone --nproc-per-node RANKS -m harness.cli ARGS`` (one thread per rank: 2 cores)."""
+def torchrun(*args: str, ranks: int = RANKS, log: Path | None = None):
+    """``torchrun --standalone --nproc-per-node RANKS -m harness.cli ARGS`` (one thread per rank: 2 cores);
+    with ``log``, started in the background, its output into that file."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
            "-m", "harness.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if log is not None:
+        with open(log, "w") as out:  # a file, not a pipe nobody reads while the test waits
+            return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
+    """The launcher's worker process of ``rank`` (by the RANK torchrun gives it), if it is running."""
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone, a zombie, or not ours to read
+            if child.environ().get("RANK") == str(rank):
+                return child
+    return None
 
 
 def lora_b(adapter: Path) -> dict:
@@ -122,9 +135,16 @@ def test_two_ranks_train_the_adapter_one_process_trains_with_the_same_global_bat
 def test_the_ranks_reuse_a_cached_adapter_and_give_the_single_process_report(ranks_cache, tmp_path):
     cfg = mini_config(tmp_path)
     out_one, out_ranks = tmp_path / "one", tmp_path / "ranks"
-    # One process trains and judges; the ranks then judge the same cached adapter, generating anew.
-    assert main(["eval", "--config", str(cfg), "--artifacts-dir", str(ranks_cache), "--no-generation-cache",
-                 "--out", str(out_one)]) == 0
+    # One process trains and judges; the ranks then judge the same cached adapter, generating anew. The same
+    # thread count as each rank's, so that float reductions (NLL, logits) run in the same order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["eval", "--config", str(cfg), "--artifacts-dir", str(ranks_cache), "--no-generation-cache",
+                     "--out", str(out_one)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
     [adapter] = entries(ranks_cache)
     done = torchrun("eval", "--config", str(cfg), "--artifacts-dir", str(ranks_cache), "--no-generation-cache",
                     "--out", str(out_ranks))
@@ -144,17 +164,17 @@ def test_the_ranks_reuse_a_cached_adapter_and_give_the_single_process_report(ran
 
 def test_a_killed_rank_leaves_nothing_that_is_reused(ranks_cache, tmp_path, monkeypatch):
     cfg = mini_config(tmp_path, steps=10_000)  # long enough to be killed mid-training
-    launcher = torchrun("train", "--config", str(cfg), "--artifacts-dir", str(ranks_cache), wait=False)
+    log = tmp_path / "torchrun.log"
+    launcher = torchrun("train", "--config", str(cfg), "--artifacts-dir", str(ranks_cache), log=log)
     adapters = ranks_cache / "adapter"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(adapters.glob(".tmp-*")) and launcher.poll() is None:
         time.sleep(0.2)
     time.sleep(5)  # into the training loop
-    rank1 = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-             if p.environ().get("RANK") == "1"]
-    assert rank1, "rank 1 not found: " + (launcher.stdout.read() if launcher.poll() is not None else "")
-    rank1[0].send_signal(signal.SIGKILL)
-    launcher.communicate(timeout=300)
+    rank1 = rank_process(launcher, 1)
+    assert rank1 is not None, "rank 1 not found: " + log.read_text()[-2000:]
+    rank1.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=300)
     assert launcher.returncode != 0
     assert entries(ranks_cache) == [], "no entry was completed"
 
@@ -231,3 +251,17 @@ def test_the_one_process_commands_refuse_a_launcher(command, monkeypatch, capsys
     assert main([command, *ONE_PROCESS[command]]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"hearts {command}: error: ") and "runs as one process" not in err
+
+
+def test_the_cache_key_names_the_rank_count_only_where_it_changes_the_adapter(monkeypatch):
+    from harness.config import DataConfig, LoraSettings
+
+    def key(world_size: int, cfg: TrainConfig, lora: LoraSettings) -> str:
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        return cache.cache_key(train.run_config(cfg, lora, DataConfig(), {"base": "tiny"}, "data"))
+
+    defaults = TrainConfig(device="cpu"), LoraSettings()  # dropout 0.1, length-grouped: per-rank randomness
+    assert key(1, *defaults) != key(2, *defaults)
+    independent = TrainConfig(device="cpu", group_by_length=False), LoraSettings(dropout=0.0)
+    assert key(1, *independent) == key(2, *independent)
+    assert train.rank_independent(*independent) and not train.rank_independent(*defaults)
