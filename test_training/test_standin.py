@@ -27,10 +27,20 @@ def test_a_half_decoded_heart_is_malformed_not_silently_dropped(tiny_base_dir):
     assert "\ufffd" in cut
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60))
+METASPACE = "\u2581"  # "▁": SentencePiece's space marker, as in Llama-2's tokenizer
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters=METASPACE), max_size=60))
 def test_the_tokenizer_round_trips_any_text(text):
     tok = _tokenizer()
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_the_space_marker_itself_reads_back_as_a_space():
+    # The one character the round trip cannot keep (hypothesis found it): a literal "▁" is the marker the
+    # Metaspace pre-tokenizer writes for a space, so it decodes as one. No answer or heart contains it.
+    tok = _tokenizer()
+    assert tok.decode(tok(f"a{METASPACE}b", add_special_tokens=False)["input_ids"]) == "a b"
 
 
 _TOK = None
