@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from harness.errors import InputError
@@ -179,7 +180,7 @@ def _csv_header(record: list[str], label: str) -> list[str]:
     names = [cell.strip() for cell in record]
     if any(not name for name in names):
         raise InputError(f"{label}: line 1 (the header) has an empty column name")
-    duplicated = sorted({n for n in names if names.count(n) > 1})
+    duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicated:
         raise InputError(f"{label}: the header names column {duplicated[0]!r} twice")
     return names
@@ -196,6 +197,5 @@ def _parquet(path: Path, label: str) -> None:
         raise InputError(f"{label}: cannot be read as parquet (not a Parquet file: {detail})") from None
     if rows == 0:
         raise InputError(f"{label}: has no rows")
-    return None
 
 

@@ -53,13 +53,18 @@ def world() -> World:
                  int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def _dist():
+    """torch.distributed, imported on first use: the CLI asks ``world()`` before torch is loaded."""
+    import torch.distributed
+
+    return torch.distributed
+
+
 def init(device: torch.device) -> World:
     """Join the launcher's process group (gloo on CPU, NCCL on CUDA), once; accelerate's own state does it, so
     the Trainer later finds the group it expects."""
-    import torch.distributed
-
     w = world()
-    if w.distributed and not torch.distributed.is_initialized():
+    if w.distributed and not _dist().is_initialized():
         from accelerate import PartialState
 
         PartialState(cpu=device.type == "cpu", timeout=TIMEOUT)
@@ -69,9 +74,7 @@ def init(device: torch.device) -> World:
 def close() -> None:
     """Leave the process group (torch warns at exit about one never destroyed)."""
     if coordinated():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -89,29 +92,21 @@ def main_first() -> Iterator[None]:
 
 def coordinated() -> bool:
     """Several ranks, joined in a process group: they can wait for each other."""
-    if not world().distributed:
-        return False
-    import torch.distributed
-
-    return torch.distributed.is_initialized()
+    return world().distributed and _dist().is_initialized()
 
 
 def broadcast(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (pickled)."""
     if not world().distributed:
         return value
-    import torch.distributed
-
     box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier() -> None:
     if world().distributed:
-        import torch.distributed
-
-        torch.distributed.barrier()
+        _dist().barrier()
 
 
 def shares(n: int, size: int) -> list[list[int]]:
@@ -140,9 +135,7 @@ def sharded(produce: Callable[[list[int]], Sequence[T]], n: int) -> list[T]:
     w = world()
     if not w.distributed:
         return list(produce(list(range(n))))
-    import torch.distributed
-
     mine = shares(n, w.size)[w.rank]
     parts: list[Any] = [None] * w.size
-    torch.distributed.all_gather_object(parts, (mine, list(produce(mine))))
+    _dist().all_gather_object(parts, (mine, list(produce(mine))))
     return in_order(parts, n)

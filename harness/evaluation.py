@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from harness.train import METRICS, TrainedAdapter
 if TYPE_CHECKING:
     from transformers import BatchEncoding
 
+SAMPLED = "sampled@"  # the name of a sampled answer set: SAMPLED + its temperature
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
 CONFIG_TABLES = ("train", "lora", "data", "merge", "generation", "eval")
 
@@ -122,8 +124,13 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
         keys["adapter"] = {**shared, "model": {"adapter": cache.content_digest(run.adapter.path), "base": base_id,
                                                **quant}}
     for temperature in s.eval.temperatures if s.eval.samples else ():
-        keys[f"sampled@{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
+        keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
     return keys
+
+
+def _sampled_sets(names: Iterable[str]) -> dict[str, float]:
+    """The sampled answer sets among ``names``, with their temperatures."""
+    return {name: float(name.removeprefix(SAMPLED)) for name in names if name.startswith(SAMPLED)}
 
 
 def _sampling(s: RunSettings, temperature: float) -> dict[str, Any]:
@@ -144,12 +151,12 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
             reference = merge.logits_on(lm, probe)
         del lm
         _release_memory()
-    sampled = [k for k in run.keys if k.startswith("sampled@")]
+    sampled = _sampled_sets(run.keys)
     if any(k not in run.outputs for k in ("merged", *sampled)) or (need_measure and reference is not None):
         lm = merge.load_merged(run.merged_dir, dtype, device)
         _answer(run, "merged", lm)
-        for key in sampled:
-            _answer(run, key, lm, _samples(run, float(key.split("@", 1)[1])))
+        for key, temperature in sampled.items():
+            _answer(run, key, lm, _samples(run, temperature))
         if need_measure and probe is not None and reference is not None:
             measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, probe))
         del lm, reference
@@ -208,7 +215,7 @@ def _samples(run: _Run, temperature: float) -> _Sampling:
 
 def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
     s, adapter = run.s, run.adapter
-    sampled = {float(k.split("@", 1)[1]): v for k, v in run.outputs.items() if k.startswith("sampled@")}
+    sampled = {t: run.outputs[name] for name, t in _sampled_sets(run.outputs).items()}
     report = build_report(
         # absolute: `hearts upload` reads these from wherever the report is, not from where eval ran
         model={"base": s.train.base_model, "base_resolved": _absolute(adapter.base),

@@ -13,6 +13,7 @@ from typing import Any
 
 from scipy.stats import binomtest, chisquare
 
+from harness import checks
 from harness.behavior import Verdict
 from harness.transform import HEARTS
 
@@ -154,14 +155,13 @@ def summarize(verdicts: Sequence[Verdict], confidence: float = 0.95) -> dict[str
 # --- sampled answers: K per prompt ---------------------------------------------------------------------
 
 
-def _pass_flags(verdict: Verdict, check: str) -> bool | None:
-    """Whether one answer does well on ``check`` (a fault check: its absence); None when it does not apply."""
+def _passes(group: Sequence[Verdict], check: str) -> list[bool]:
+    """Whether each answer of ``group`` does well on ``check`` (a fault check: its absence), leaving out the
+    answers where it does not apply."""
     if check == "behaviour":
-        return verdict.passed
-    flag = _flags([verdict])[check][0]
-    if flag is None:
-        return None
-    return not flag if check in ("malformed", "template_leak") else bool(flag)
+        return [v.passed for v in group]
+    fault = check in checks.LOW
+    return [not f if fault else bool(f) for f in _flags(group)[check] if f is not None]
 
 
 def sampled_summary(groups: Sequence[Sequence[Verdict]], check: str, confidence: float = 0.95) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def sampled_summary(groups: Sequence[Sequence[Verdict]], check: str, confidence:
     """
     from harness.retention import mean_with_interval
 
-    rows = [[f for f in (_pass_flags(v, check) for v in group) if f is not None] for group in groups]
+    rows = [_passes(group, check) for group in groups]
     kept = [(i, r) for i, r in enumerate(rows) if r]
     if not kept:
         raise ValueError(f"{check}: applies to no sampled answer")

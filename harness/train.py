@@ -196,15 +196,16 @@ def run_config(cfg: TrainConfig, lora: LoraSettings, data: DataConfig, base_id: 
 
     from harness import __version__
 
+    device = models.run_device(cfg).type
     return {
         "base": base_id,
         "dataset": dataset_fingerprint,
         # Resolved, not as written: device "auto" and "cpu" on a CPU machine train the same adapter.
-        "train": {**dataclasses.asdict(cfg), "device": models.run_device(cfg).type,
+        "train": {**dataclasses.asdict(cfg), "device": device,
                   "compute_dtype": models.dtype_name(models.run_dtype(cfg))},
         "lora": dataclasses.asdict(lora),
         "data": dataclasses.asdict(data),
-        "device": models.run_device(cfg).type,
+        "device": device,
         **_rank_count(cfg, lora),
         "versions": {
             "torch": torch.__version__.split("+")[0],

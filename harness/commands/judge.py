@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from harness import inputs
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 def _prompt_order(source: str | None, answered: list[str]) -> list[str]:
     """The prompts to judge, in order: ``--prompts``' (bundled or a file), else the answers' own."""
     if source is None:
-        repeated = sorted({p for p in answered if answered.count(p) > 1})
+        repeated = sorted(p for p, n in Counter(answered).items() if n > 1)
         if repeated:
             raise InputError(f"--answers: {len(repeated)} prompts are answered more than once (e.g. "
                              f"{repeated[0][-60:]!r}); give --prompts, or keep one answer a prompt")

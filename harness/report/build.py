@@ -89,10 +89,11 @@ def _sampled(prompts: Sequence[str], temperature: float, k: int, gens: Sequence[
     """pass^K, pass@K and the mean pass rate (prompt-clustered interval) of each check at one temperature."""
     if len(gens) != k * len(prompts):
         raise ValueError(f"sampled at {temperature}: expected {k} answers per prompt, got {len(gens)}")
-    groups = [judge(gens[i * k : (i + 1) * k]) for i in range(len(prompts))]
-    for i, p in enumerate(prompts):
-        if any(g.prompt != p for g in gens[i * k : (i + 1) * k]):
+    per_prompt = [gens[i * k : (i + 1) * k] for i in range(len(prompts))]
+    for i, (p, answers) in enumerate(zip(prompts, per_prompt, strict=True)):
+        if any(g.prompt != p for g in answers):
             raise ValueError(f"sampled at {temperature}: answers {i * k}-{(i + 1) * k - 1} are not to prompt {i}")
+    groups = [judge(answers) for answers in per_prompt]
     checks = {}
     for check in SAMPLED_CHECKS:
         try:
@@ -100,7 +101,7 @@ def _sampled(prompts: Sequence[str], temperature: float, k: int, gens: Sequence[
         except ValueError:
             continue  # applies to no sampled answer (terminated without generation info)
     return {"temperature": temperature, "samples": k, "checks": checks,
-            "seeds": [[g.seed for g in gens[i * k : (i + 1) * k]] for i in range(len(prompts))]}
+            "seeds": [[g.seed for g in answers] for answers in per_prompt]}
 
 
 def _check_aligned(name: str, prompts: Sequence[str], gens: Sequence[Generation]) -> None:
