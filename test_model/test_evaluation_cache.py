@@ -40,8 +40,9 @@ def test_without_the_cache_every_answer_is_generated_again(run_settings, trained
 
 
 def test_a_changed_generation_setting_is_generated_anew_and_then_cached(run_settings, trained_adapter, merged_dir,
-                                                                         monkeypatch):
-    s = _settings(run_settings, max_prompts=3)
+                                                                         monkeypatch, tmp_path):
+    # An empty cache of its own: the session's may hold these answers from an earlier run on this machine.
+    s = dataclasses.replace(_settings(run_settings, max_prompts=3), artifacts=tmp_path)
     s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, max_new_tokens=24))
     first = stage.evaluate(s, trained_adapter, merged_dir)
     assert set(first.generated) == {"adapter", "merged", "control"}
