@@ -82,9 +82,32 @@ def load_merged(merged_dir: Path, dtype: torch.dtype, device: torch.device | Non
                                                 device_map={"": device or models.resolve_device()})
 
 
-def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):
-    """The 4-bit base with the adapter applied, unmerged: the model as it was trained."""
-    return apply_adapter(models.load_quantized(base, cfg, dtype), adapter)
+def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype, *, dequantize_base: bool = False):
+    """The 4-bit base with the adapter applied, unmerged: the model as it was trained.
+
+    ``dequantize_base`` then swaps every 4-bit layer under the adapter for a plain one holding its dequantised
+    weight (see ``judged_adapter_model``); peft's 4-bit LoRA layer stays, with its own way of adding the LoRA
+    output (cast to the layer's dtype first), so only the base's matmul changes hands.
+    """
+    lm = apply_adapter(models.load_quantized(base, cfg, dtype), adapter)
+    if dequantize_base:
+        inner = lm.get_base_model()
+        inner.dequantize(dtype=dtype)  # replaces each ...proj.base_layer; the quantizer goes with it
+        inner.is_loaded_in_4bit = False
+    return lm
+
+
+def judged_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):
+    """The trained model for judging: on CUDA with its base dequantised once (``load_adapter_model``).
+
+    For an input of more than one row bitsandbytes' 4-bit layer computes ``F.linear(x, dequantize_4bit(W))``
+    itself, so a batch gets the same logits bit for bit (a CUDA test pins it) — dequantised once instead of at
+    every decode step, and without a quantizer, so transformers compiles its decode step as for a plain model
+    (SmolLM2, 316 prompts: 42 s eager). A lone row takes bitsandbytes' fused 4-bit GEMV instead, which rounds
+    differently; and its CPU kernel multiplies its own way, so on CPU the model stays 4-bit.
+    """
+    on_cuda = models.run_device(cfg).type == "cuda"
+    return load_adapter_model(base, adapter, cfg, dtype, dequantize_base=on_cuda)
 
 
 def merge(base: Path | str, adapter: Path, out_dir: Path, cfg: TrainConfig, dtype: torch.dtype,
