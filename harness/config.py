@@ -144,6 +144,10 @@ class TrainConfig:
     group_by_length: bool = True
     gradient_checkpointing: bool = True
     optimizer: str = "auto"  # auto: paged AdamW 32-bit on CUDA, AdamW on CPU
+    # cuDNN's attention (torch's first choice on Hopper) builds an execution graph on the host for every new batch
+    # shape, and length-varying batches are new shapes: ~1.7 ms of host time per layer call on a SmolLM2 step
+    # (docs/perf). Flash/memory-efficient attention compute the same softmax(QK^T)V without it. CUDA only.
+    cudnn_attention: bool = False
     upcast_frozen: bool = False  # True: peft's k-bit preparation, frozen embeddings/lm_head/norms to fp32 (+0.5 GiB
     # on 7B and an fp32 residual stream; 2.5 vs 4.2 samples/s on the H100 under the T4 profile)
     seed: int = 42
@@ -362,7 +366,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # a larger step; batch 16 without checkpointing halves the host-bound step count per epoch (0.74 -> 0.40
     # s/step) and fits a T4 many times over.
     "smollm2-135m": {
-        "train": {"learning_rate": 1e-3, "max_steps": 400, "batch_size": 16, "gradient_checkpointing": False},
+        "train": {"learning_rate": 1e-3, "max_steps": 400, "batch_size": 16, "gradient_checkpointing": False,
+                  # its r=64 adapter's AdamW state is 0.2 GB: nothing to page, and one fused launch per step
+                  # instead of bitsandbytes' one per parameter (420)
+                  "optimizer": "adamw_torch_fused"},
     },
 }
 

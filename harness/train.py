@@ -7,6 +7,7 @@ peak memory, wall time).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import resource
@@ -117,17 +118,28 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     return trainer, guard, dtype
 
 
-def stepper(trainer: Trainer):
+def attention_kernels(cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """Where SDPA may run during training: every backend but cuDNN's on CUDA unless ``cudnn_attention`` (see
+    ``TrainConfig``); torch's own choice elsewhere."""
+    if cfg.cudnn_attention or models.run_device(cfg).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def stepper(trainer: Trainer, cfg: TrainConfig):
     """One optimizer step as ``Trainer.train`` takes it (autocast, fp16 loss scaling, clipping), for benchmarks.
 
     Returns ``step(batch) -> loss`` and the prepared model.
     """
-    trainer.create_optimizer()  # the configured one: paged AdamW 32-bit on CUDA, AdamW on CPU
+    trainer.create_optimizer()  # the configured one (``optimizer_name``)
     model, optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         n_labels = int((batch["labels"][:, 1:] != -100).sum())
-        loss = trainer.training_step(model, batch, n_labels)
+        with attention_kernels(cfg):
+            loss = trainer.training_step(model, batch, n_labels)
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         optimizer.step()  # unscales and skips on inf/nan under fp16, as in training
         optimizer.zero_grad(set_to_none=True)
@@ -144,7 +156,8 @@ def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Tra
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    output = trainer.train()
+    with attention_kernels(cfg):
+        output = trainer.train()
     wall = time.perf_counter() - start
     metrics = _metrics(trainer, output, wall, guard, dtype, device)
     trainer.model.save_pretrained(out_dir, safe_serialization=True)

@@ -7,7 +7,11 @@ bound is optimistic (at batch 32 x 228 positions a 7B cache adds ~3.7 GB a step 
 
 from __future__ import annotations
 
+import itertools
+import math
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,3 +51,101 @@ def synced(fn: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return timed
+
+
+# --- optimizer steps, timed the way training takes them (shared by the envelope benchmarks) -----------------
+
+
+def peak() -> dict[str, float]:
+    from harness import train
+
+    return {k: round(v, 3) for k, v in train.peak_memory().items()}
+
+
+def under_cap(gpu_profile) -> None:
+    if gpu_profile:
+        reserved = torch.cuda.max_memory_reserved() / 2**30
+        assert reserved <= gpu_profile["cap_gib"], f"{reserved:.2f} GiB reserved over the T4 cap"
+
+
+def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8, **info) -> dict:
+    """Time optimizer steps over the trainer's own batches (its sampler, its collator); rates, peak memory and
+    whether activations were checkpointed into ``extra_info`` (and returned)."""
+    from harness import model as models
+    from harness import train
+
+    step, model = train.stepper(trainer, cfg)
+    batches = itertools.cycle(list(trainer.get_train_dataloader()))  # group_by_length order, as training sees it
+    seen: list[tuple[int, int]] = []  # (rows, tokens) of every round, warm-up included
+
+    def next_batch():
+        batch = next(batches)
+        seen.append((len(batch["input_ids"]), int(batch["attention_mask"].sum())))
+        return (batch,), {}
+
+    torch.cuda.reset_peak_memory_stats()
+    loss = benchmark.pedantic(synced(step), setup=next_batch, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    assert math.isfinite(loss) and model.training
+    under_cap(gpu_profile)
+    rows, tokens = (sum(x) for x in zip(*seen[warmup:], strict=True))
+    info.update(tokens_per_row=tokens / rows, checkpointing=models.checkpointing_on(model), **peak())
+    if benchmark.stats:
+        total = benchmark.stats.stats.total
+        info.update(samples_per_s=rows / total, tokens_per_s=tokens / total)
+    benchmark.extra_info.update(info)
+    return info
+
+
+def time_plainly(trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8) -> dict[str, float]:
+    """What ``time_steps`` measures, without pytest-benchmark: for a goal test run on its own."""
+    from harness import train
+
+    step, model = train.stepper(trainer, cfg)
+    batches = itertools.cycle(list(trainer.get_train_dataloader()))
+    for _ in range(warmup):
+        step(next(batches))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    rows = tokens = 0
+    start = time.perf_counter()
+    for _ in range(rounds):
+        batch = next(batches)
+        rows, tokens = rows + len(batch["input_ids"]), tokens + int(batch["attention_mask"].sum())
+        step(batch)
+    torch.cuda.synchronize()
+    total = time.perf_counter() - start
+    assert model.training
+    under_cap(gpu_profile)
+    return {"samples_per_s": rows / total, "tokens_per_s": tokens / total, **peak()}
+
+
+def trl_trainer(out: Path, base: Path, tokenizer, train_ds, cfg, lora, *, max_length: int):
+    """TRL's SFTTrainer on the same 4-bit base, data (response-only loss as a completion mask), LoRA, optimizer
+    and checkpointing as the harness's Trainer.
+
+    ``Trainer.train`` switches checkpointing on when training starts, so a trainer timed step by step never
+    gets it (TRL's earlier 32 GiB against the harness's 6.7 on the 7B shape): it is switched on here, the
+    way the harness does, and ``time_steps`` records that it is on.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    from harness import model as models
+    from harness import train
+
+    dtype = models.compute_dtype(cfg.compute_dtype)
+    args = SFTConfig(
+        output_dir=str(out / "trl"), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm, optim=train.optimizer_name(cfg), train_sampling_strategy="group_by_length",
+        bf16=dtype == torch.bfloat16, gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, max_length=max_length, packing=False,
+        completion_only_loss=True, seed=cfg.seed, report_to="none", save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    rows = train_ds.map(lambda r: {"completion_mask": [int(label != -100) for label in r["labels"]]})
+    trainer = SFTTrainer(model=models.load_quantized(base, cfg, dtype), args=args, processing_class=tokenizer,
+                         train_dataset=rows.select_columns(["input_ids", "completion_mask"]),
+                         peft_config=models.lora_config(lora))
+    if cfg.gradient_checkpointing:
+        models.enable_checkpointing(trainer.model)
+    return trainer

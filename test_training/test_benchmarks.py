@@ -56,7 +56,7 @@ def test_benchmark_qlora_training_step(benchmark, tiny_base_dir, mini_configs, m
     cfg = dataclasses.replace(cfg, batch_size=TRAIN_BATCH)
     tokenizer, prepared = mini_prepared
     trainer, _, _ = train.make_trainer(tmp_path, tiny_base_dir, tokenizer, prepared.train, cfg, lora)
-    step, model = train.stepper(trainer)
+    step, model = train.stepper(trainer, cfg)
     batch = next(iter(trainer.get_train_dataloader()))  # training_step moves it to the device, as in training
     tokens = int(batch["attention_mask"].sum())
 

