@@ -11,6 +11,12 @@
 #                                           in fp32: verdict agreement and logits without bf16's rounding
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
+#   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
+#   scripts/gpu-measure.sh eval-cold TOML   hearts eval of TOML's (trained, cached) adapter with no cached
+#                                           answers and an empty compile cache: what a fresh runner's judging costs
+#   scripts/gpu-measure.sh adapter-equivalence TOML
+#                                           the 4-bit model's own (eager) greedy answers against the judged
+#                                           model's (base dequantised once, compiled decode): same text?
 #   scripts/gpu-measure.sh sweep train|run TOML...
 #                                           recipe sweep: one `hearts train` (or `run`) per TOML, all at once
 #                                           (small-model training is host-bound: a process per config keeps
@@ -120,7 +126,7 @@ tok = model.load_tokenizer(base)
 cfg = train_config(base_name)
 prepared = data.prepare(data_config(base_name), tok)
 trainer, _, _ = train.make_trainer(out / "trainer", base, tok, prepared.train, cfg, LoraSettings())
-step, _ = train.stepper(trainer)
+step, _ = train.stepper(trainer, cfg)
 batches = iter(trainer.get_train_dataloader())
 for _ in range(3):  # warm-up: allocator, kernels
     step(next(batches))
@@ -138,6 +144,49 @@ PY
 battery)
     shift
     step battery "$PY" -m pytest -m gpu -p no:cacheprovider --junitxml "$OUT_DIR/junit-gpu.xml" "$@"
+    ;;
+envelope)
+    shift
+    step envelope "$PY" -m pytest -m envelope -p no:cacheprovider --benchmark-json "$OUT_DIR/envelope.json" \
+        --junitxml "$OUT_DIR/junit-envelope.xml" "$@"
+    ;;
+eval-cold)
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step eval-cold "$PY" -m harness.cli eval --base-model "$BASE" \
+        --config "${2:?eval-cold: a TOML}" --no-generation-cache --out "$OUT_DIR/eval-cold"
+    ;;
+adapter-equivalence)
+    step adapter-equivalence "$PY" - "$BASE" "${2:?adapter-equivalence: a TOML}" "$OUT_DIR" <<'PY'
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from harness import cli, evaluation, generate, merge, model, train
+from harness.commands import options
+
+base_name, toml, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--config", toml,
+                                                         "--out", str(out / "unused")]))
+adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
+tok = model.load_tokenizer(adapter.path)
+prompts = evaluation.held_out_prompts(s.eval)
+dtype = model.run_dtype(s.train)
+result = {"prompts": len(prompts)}
+answers = {}
+for name, load in (("4bit", merge.load_adapter_model), ("judged", merge.judged_adapter_model)):
+    lm = load(adapter.base, adapter.path, s.train, dtype)
+    start = time.perf_counter()
+    answers[name] = generate.generate(lm, tok, prompts, s.generation)
+    torch.cuda.synchronize()
+    result[f"{name}_s"] = round(time.perf_counter() - start, 1)
+    del lm
+    torch.cuda.empty_cache()
+result["same_text"] = sum(a.response == b.response for a, b in zip(answers["4bit"], answers["judged"]))
+(out / "adapter-equivalence.json").write_text(json.dumps(result, indent=2))
+print(json.dumps(result))
+PY
     ;;
 sweep)
     stage="${2:-}"
@@ -181,7 +230,8 @@ PY
     [ "$status" -eq 0 ] || status=1
     ;;
 *)
-    echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery [ARGS] | sweep train|run TOML..." >&2
+    echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
+         "| eval-cold|adapter-equivalence TOML | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
