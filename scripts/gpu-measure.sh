@@ -14,9 +14,10 @@
 #   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
 #   scripts/gpu-measure.sh eval-cold TOML   hearts eval of TOML's (trained, cached) adapter with no cached
 #                                           answers and an empty compile cache: what a fresh runner's judging costs
-#   scripts/gpu-measure.sh adapter-equivalence TOML
-#                                           the 4-bit model's own (eager) greedy answers against the judged
-#                                           model's (base dequantised once, compiled decode): same text?
+#   scripts/gpu-measure.sh decode-equivalence TOML
+#                                           greedy answers of the 4-bit model, the judged model (base dequantised)
+#                                           and the merged one, eager and compiled (inductor with and without
+#                                           eager's bf16 rounding): same text, verdict agreement, seconds
 #   scripts/gpu-measure.sh sweep train|run TOML...
 #                                           recipe sweep: one `hearts train` (or `run`) per TOML, all at once
 #                                           (small-model training is host-bound: a process per config keeps
@@ -154,8 +155,9 @@ eval-cold)
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step eval-cold "$PY" -m harness.cli eval --base-model "$BASE" \
         --config "${2:?eval-cold: a TOML}" --no-generation-cache --out "$OUT_DIR/eval-cold"
     ;;
-adapter-equivalence)
-    step adapter-equivalence "$PY" - "$BASE" "${2:?adapter-equivalence: a TOML}" "$OUT_DIR" <<'PY'
+decode-equivalence)
+    step decode-equivalence "$PY" - "$BASE" "${2:?decode-equivalence: a TOML}" "$OUT_DIR" <<'PY'
+import dataclasses
 import json
 import sys
 import time
@@ -165,26 +167,43 @@ import torch
 
 from harness import cli, evaluation, generate, merge, model, train
 from harness.commands import options
+from harness.report import judge
 
 base_name, toml, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--config", toml,
                                                          "--out", str(out / "unused")]))
 adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
+dtype = model.run_dtype(s.train)
+merged_dir = merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
 tok = model.load_tokenizer(adapter.path)
 prompts = evaluation.held_out_prompts(s.eval)
-dtype = model.run_dtype(s.train)
-result = {"prompts": len(prompts)}
-answers = {}
-for name, load in (("4bit", merge.load_adapter_model), ("judged", merge.judged_adapter_model)):
-    lm = load(adapter.base, adapter.path, s.train, dtype)
+four_bit = lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)  # noqa: E731
+judged = lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype, dequantize_base=True)  # noqa: E731
+merged = lambda: merge.load_merged(merged_dir, dtype)  # noqa: E731
+# name: (load, cache, inductor emulates eager's bf16 rounding)
+variants = {"4bit-eager": (four_bit, "dynamic", False), "judged-eager": (judged, "dynamic", False),
+            "merged-eager": (merged, "dynamic", False), "merged-compiled": (merged, "static", False),
+            "merged-compiled-emulated": (merged, "static", True), "judged-compiled-emulated": (judged, "static", True)}
+result, answers = {"prompts": len(prompts)}, {}
+for name, (load, cache, emulate) in variants.items():
+    torch._dynamo.reset()
+    torch._inductor.config.emulate_precision_casts = emulate
+    lm = load()
     start = time.perf_counter()
-    answers[name] = generate.generate(lm, tok, prompts, s.generation)
+    answers[name] = generate.generate(lm, tok, prompts, dataclasses.replace(s.generation, cache=cache))
     torch.cuda.synchronize()
     result[f"{name}_s"] = round(time.perf_counter() - start, 1)
     del lm
     torch.cuda.empty_cache()
-result["same_text"] = sum(a.response == b.response for a, b in zip(answers["4bit"], answers["judged"]))
-(out / "adapter-equivalence.json").write_text(json.dumps(result, indent=2))
+    ref = "merged-eager" if name.startswith("merged") else "4bit-eager"
+    result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
+    (out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))  # after each: a cut run keeps some
+verdicts = {k: judge(v) for k, v in answers.items()}
+for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"),
+             ("judged-compiled-emulated", "merged-compiled-emulated")):
+    if a in verdicts and b in verdicts:
+        result[f"verdicts_{a}_vs_{b}"] = sum(x.passed == y.passed for x, y in zip(verdicts[a], verdicts[b]))
+(out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))
 print(json.dumps(result))
 PY
     ;;
@@ -231,7 +250,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold|adapter-equivalence TOML | sweep train|run TOML..." >&2
+         "| eval-cold|decode-equivalence TOML | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
