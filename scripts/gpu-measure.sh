@@ -191,10 +191,12 @@ for name, (load, cache, emulate) in variants.items():
     lm = load()
     start = time.perf_counter()
     answers[name] = generate.generate(lm, tok, prompts, dataclasses.replace(s.generation, cache=cache))
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     result[f"{name}_s"] = round(time.perf_counter() - start, 1)
     del lm
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     ref = "merged-eager" if name.startswith("merged") else "4bit-eager"
     result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
     (out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))  # after each: a cut run keeps some
