@@ -144,7 +144,7 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     measured: dict[str, Any] = {}
     probe = reference = None
     if "adapter" in run.keys and ("adapter" not in run.outputs or need_measure):
-        lm = merge.judged_adapter_model(run.adapter.base, run.adapter.path, s.train, dtype)
+        lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, dtype)
         _answer(run, "adapter", lm)
         if need_measure:
             probe = _teacher_forced(run.tokenizer, run.prompts, run.outputs["adapter"])

@@ -82,32 +82,16 @@ def load_merged(merged_dir: Path, dtype: torch.dtype, device: torch.device | Non
                                                 device_map={"": device or models.resolve_device()})
 
 
-def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype, *, dequantize_base: bool = False):
+def load_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):
     """The 4-bit base with the adapter applied, unmerged: the model as it was trained.
 
-    ``dequantize_base`` then swaps every 4-bit layer under the adapter for a plain one holding its dequantised
-    weight (see ``judged_adapter_model``); peft's 4-bit LoRA layer stays, with its own way of adding the LoRA
-    output (cast to the layer's dtype first), so only the base's matmul changes hands.
+    It decodes eagerly (transformers compiles no bitsandbytes model). Dequantising its base once under the
+    adapter decodes 2.3x faster but is not this model in bf16: on SmolLM2 (H200) its greedy answers matched on
+    140 of 316 prompts: the same numbers in exact arithmetic, but its bf16 GEMMs round unlike bitsandbytes'
+    (bit for bit alike on the tiny stand-in's sizes, not on SmolLM2's; ``scripts/gpu-measure.sh
+    decode-equivalence``).
     """
-    lm = apply_adapter(models.load_quantized(base, cfg, dtype), adapter)
-    if dequantize_base:
-        inner = lm.get_base_model()
-        inner.dequantize(dtype=dtype)  # replaces each ...proj.base_layer; the quantizer goes with it
-        inner.is_loaded_in_4bit = False
-    return lm
-
-
-def judged_adapter_model(base: Path | str, adapter: Path, cfg, dtype: torch.dtype):
-    """The trained model for judging: on CUDA with its base dequantised once (``load_adapter_model``).
-
-    For an input of more than one row bitsandbytes' 4-bit layer computes ``F.linear(x, dequantize_4bit(W))``
-    itself, so a batch gets the same logits bit for bit (a CUDA test pins it) — dequantised once instead of at
-    every decode step, and without a quantizer, so transformers compiles its decode step as for a plain model
-    (SmolLM2, 316 prompts: 42 s eager). A lone row takes bitsandbytes' fused 4-bit GEMV instead, which rounds
-    differently; and its CPU kernel multiplies its own way, so on CPU the model stays 4-bit.
-    """
-    on_cuda = models.run_device(cfg).type == "cuda"
-    return load_adapter_model(base, adapter, cfg, dtype, dequantize_base=on_cuda)
+    return apply_adapter(models.load_quantized(base, cfg, dtype), adapter)
 
 
 def merge(base: Path | str, adapter: Path, out_dir: Path, cfg: TrainConfig, dtype: torch.dtype,

@@ -178,7 +178,16 @@ merged_dir = merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, 
 tok = model.load_tokenizer(adapter.path)
 prompts = evaluation.held_out_prompts(s.eval)
 four_bit = lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)  # noqa: E731
-judged = lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype, dequantize_base=True)  # noqa: E731
+
+
+def judged():
+    """The 4-bit model with its base dequantised once under the adapter (peft's 4-bit LoRA layer stays)."""
+    lm = four_bit()
+    lm.get_base_model().dequantize(dtype=dtype)
+    lm.get_base_model().is_loaded_in_4bit = False
+    return lm
+
+
 merged = lambda: merge.load_merged(merged_dir, dtype)  # noqa: E731
 # name: (load, cache, inductor emulates eager's bf16 rounding)
 variants = {"4bit-eager": (four_bit, "dynamic", False), "judged-eager": (judged, "dynamic", False),
