@@ -96,6 +96,52 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, dtype: torch.dtype) -> T
     )
 
 
+IGNORED = -100  # the label of a position the loss skips (prompt, padding)
+
+
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``(batch, length)`` booleans: the positions whose next token is a response token (logits at t predict
+    the label at t + 1)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORED
+    return keep
+
+
+def response_loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The causal LM loss of transformers (``ForCausalLMLoss``: fp32 cross-entropy summed over response tokens,
+    over the accumulated batch's count of them) from logits of the response positions only, ``(n, vocab)`` —
+    or from every position's, ``(batch, length, vocab)``, where the model computed them all."""
+    logits = outputs.logits
+    if logits.ndim == 3:
+        logits = logits[response_positions(labels)]
+    targets = labels[:, 1:][labels[:, 1:] != IGNORED].to(logits.device)
+    total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return total / (count.to(total.device) if torch.is_tensor(count) else count)
+
+
+def masks_logits(model) -> bool:
+    """Whether ``model``'s forward takes a boolean ``logits_to_keep`` mask: its modeling module uses
+    transformers' ``slice_logits_to_keep`` and that helper keeps the True positions (transformers 5.2x)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    helper = getattr(sys.modules.get(type(inner).__module__), "slice_logits_to_keep", None)
+    if helper is None:
+        return False
+    return tuple(helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape) == (1, 1)
+
+
+class ResponseLogitsCollator:
+    """The padding collator, plus each batch's response positions as ``logits_to_keep``."""
+
+    def __init__(self, pad) -> None:
+        self.pad = pad
+
+    def __call__(self, features):
+        batch = self.pad(features)
+        batch["logits_to_keep"] = response_positions(batch["labels"])
+        return batch
+
+
 def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings):
     """A ``Trainer`` over the 4-bit base wrapped with LoRA, plus its train-mode guard and compute dtype."""
     models.quiet_libraries()
@@ -106,13 +152,16 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
                                cfg.upcast_frozen)
     guard = TrainingModeGuard(cfg.gradient_checkpointing)
     columns = [c for c in ("input_ids", "attention_mask", "labels", "length") if c in train_ds.column_names]
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORED)
+    masked = cfg.response_logits and masks_logits(model)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds.select_columns(columns),
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=ResponseLogitsCollator(collator) if masked else collator,
         processing_class=tokenizer,
         callbacks=[guard],
+        compute_loss_func=response_loss if masked else None,
     )
     trainer.remove_callback(PrinterCallback)  # loss is logged every step for metrics.json, not for the terminal
     return trainer, guard, dtype
@@ -137,7 +186,7 @@ def stepper(trainer: Trainer, cfg: TrainConfig):
     model, optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
 
     def step(batch: dict[str, torch.Tensor]) -> float:
-        n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        n_labels = int((batch["labels"][:, 1:] != IGNORED).sum())
         with attention_kernels(cfg):
             loss = trainer.training_step(model, batch, n_labels)
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)

@@ -98,3 +98,49 @@ def test_the_saved_adapter_loads_with_stock_peft(trained_adapter):
     model = PeftModel.from_pretrained(base, trained_adapter.path)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained, not the zero init
+
+
+def _loss_and_grads(model, loss):
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_the_lm_head_runs_on_response_positions_only_and_the_loss_is_transformers(mini_trainer):
+    trainer, _, _ = mini_trainer
+    assert trainer.compute_loss_func is train.response_loss  # this transformers takes a boolean logits_to_keep
+    model = trainer.model.eval()  # no dropout: both forwards see the same network
+    batch = {k: v.to(model.device) for k, v in next(iter(trainer.get_train_dataloader())).items()}
+    labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
+    n = int((labels[:, 1:] != train.IGNORED).sum())
+    assert 0 < n < labels.numel() and torch.equal(batch["logits_to_keep"], train.response_positions(labels))
+
+    out = model(input_ids=ids, attention_mask=mask, logits_to_keep=batch["logits_to_keep"])
+    assert out.logits.shape == (n, model.config.vocab_size)  # one row per predicted response token
+    ours, our_grads = _loss_and_grads(model, train.response_loss(out, labels, n))
+    theirs, their_grads = _loss_and_grads(model, model(input_ids=ids, attention_mask=mask, labels=labels,
+                                                       num_items_in_batch=n).loss)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert any(g.abs().sum() > 0 for g in their_grads.values())
+
+    # Negative control: the head at the label positions themselves (one too late) is another loss.
+    late = model(input_ids=ids, attention_mask=mask, logits_to_keep=labels != train.IGNORED)
+    assert not torch.allclose(train.response_loss(late, labels, n), theirs, rtol=1e-3)
+    # Every position's logits (a model without the mask) give the same loss too.
+    full = model(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(train.response_loss(full, labels, n).detach(), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_response_logits_off_leaves_transformers_loss_and_collator(tiny_base_dir, mini_configs, mini_prepared,
+                                                                   tmp_path):
+    import dataclasses
+
+    cfg, lora, _ = mini_configs
+    tokenizer, prepared = mini_prepared
+    trainer, _, _ = train.make_trainer(tmp_path, tiny_base_dir, tokenizer, prepared.train,
+                                       dataclasses.replace(cfg, response_logits=False), lora)
+    assert trainer.compute_loss_func is None
+    assert "logits_to_keep" not in next(iter(trainer.get_train_dataloader()))
