@@ -149,9 +149,10 @@ class TrainConfig:
     # (docs/perf). Flash/memory-efficient attention compute the same softmax(QK^T)V without it. CUDA only.
     cudnn_attention: bool = False
     # The LM head and the loss run only at the positions that predict a response token (not the prompt, not the
-    # padding): the vocabulary-wide logits are most of a small model's training memory (SmolLM2, 49k vocab, batch
-    # 32: 20 GiB with every position's logits). Needs a transformers whose causal LMs take a boolean
-    # ``logits_to_keep`` (5.2x); elsewhere every position's logits are computed and the loss is the same.
+    # padding): the vocabulary-wide logits are a large share of a small model's training memory (SmolLM2, 49k
+    # vocabulary, batch 32: 20.1 GiB with every position's, where TRL's chunked log-probabilities peak at 13.2).
+    # Needs a transformers whose causal LMs take a boolean ``logits_to_keep`` (5.22 on; 5.21 has the helper
+    # without masks, 5.17 neither): elsewhere every position's logits are computed and the loss is the same.
     response_logits: bool = True
     upcast_frozen: bool = False  # True: peft's k-bit preparation, frozen embeddings/lm_head/norms to fp32 (+0.5 GiB
     # on 7B and an fp32 residual stream; 2.5 vs 4.2 samples/s on the H100 under the T4 profile)

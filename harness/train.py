@@ -122,12 +122,15 @@ def response_loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tenso
 
 def masks_logits(model) -> bool:
     """Whether ``model``'s forward takes a boolean ``logits_to_keep`` mask: its modeling module uses
-    transformers' ``slice_logits_to_keep`` and that helper keeps the True positions (transformers 5.2x)."""
+    transformers' ``slice_logits_to_keep`` and that helper keeps the True positions (transformers 5.22 on)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     helper = getattr(sys.modules.get(type(inner).__module__), "slice_logits_to_keep", None)
     if helper is None:
         return False
-    return tuple(helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape) == (1, 1)
+    try:  # a helper that knows only integer positions fails on a mask, or keeps the wrong shape
+        return tuple(helper(torch.zeros(1, 2, 1), torch.tensor([[True, False]])).shape) == (1, 1)
+    except (IndexError, RuntimeError, TypeError):
+        return False
 
 
 class ResponseLogitsCollator:

@@ -87,11 +87,13 @@ def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds:
     loss = benchmark.pedantic(synced(step), setup=next_batch, rounds=rounds, warmup_rounds=warmup, iterations=1)
     assert math.isfinite(loss) and model.training
     under_cap(gpu_profile)
-    rows, tokens = (sum(x) for x in zip(*seen[warmup:], strict=True))
-    info.update(tokens_per_row=tokens / rows, checkpointing=models.checkpointing_on(model), **peak())
-    if benchmark.stats:
+    info.update(checkpointing=models.checkpointing_on(model), **peak())
+    if benchmark.stats and len(seen) >= warmup + rounds:
+        # The last `rounds` batches: an extra profiling round (--benchmark-cprofile) comes after the timed ones
+        # and stands in for the first of them, the same count of batches either way.
+        rows, tokens = (sum(x) for x in zip(*seen[-rounds:], strict=True))
         total = benchmark.stats.stats.total
-        info.update(samples_per_s=rows / total, tokens_per_s=tokens / total)
+        info.update(tokens_per_row=tokens / rows, samples_per_s=rows / total, tokens_per_s=tokens / total)
     benchmark.extra_info.update(info)
     return info
 

@@ -13,6 +13,7 @@ wheel and gguf (skipped otherwise).
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -63,6 +64,15 @@ def prepared(smollm2_dir, tmp_path_factory):
     return tokenizer, data.prepare(data_config(BASE), tokenizer, cache_dir=tmp_path_factory.mktemp("hf"))
 
 
+@pytest.fixture(autouse=True)
+def _whole_card_only(gpu_profile):
+    if gpu_profile:  # bf16 (TRL's dtype) and batch 32: 20 GiB with every position's logits
+        pytest.skip("the SmolLM2 comparison runs in bf16 on the whole card, not under a T4 profile")
+    yield
+    gc.collect()  # a Trainer holds reference cycles: free its model before the next variant's peak is read
+    torch.cuda.empty_cache()
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_benchmark_smollm2_qlora_steps(benchmark, variant, smollm2_dir, prepared, rates, tmp_path) -> None:
     peer, overrides = VARIANTS[variant]
@@ -78,10 +88,9 @@ def test_benchmark_smollm2_qlora_steps(benchmark, variant, smollm2_dir, prepared
     benchmark.group = "qlora-smollm2-135m"
     rates[variant] = perf.time_steps(benchmark, trainer, cfg, None, warmup=WARMUP, rounds=ROUNDS, peer=peer,
                                      variant=variant, batch_size=cfg.batch_size, optimizer=train.optimizer_name(cfg),
-                                     cudnn_attention=cfg.cudnn_attention, response_logits=cfg.response_logits)
+                                     cudnn_attention=cfg.cudnn_attention,
+                                     response_logits=peer == "harness" and trainer.compute_loss_func is not None)
     assert rates[variant]["checkpointing"] == cfg.gradient_checkpointing
-    del trainer
-    torch.cuda.empty_cache()
 
 
 def _ratio(rates, a: str, b: str) -> float:
@@ -105,6 +114,8 @@ def test_the_preset_against_the_issue_defaults(rates, record_property) -> None:
 
 def test_the_response_only_head_takes_less_memory(rates, record_property) -> None:
     _ratio(rates, "preset", "preset-full-logits")  # both ran
+    if not rates["preset"]["response_logits"]:
+        pytest.skip("this transformers' causal LMs take no boolean logits_to_keep: both computed every position")
     memory = rates["preset"]["peak_allocated_gib"] / rates["preset-full-logits"]["peak_allocated_gib"]
     record_property("response_head_memory", memory)
     assert memory < 0.9, f"the response-only LM head peaks at {memory:.2f}x every position's"
