@@ -10,6 +10,11 @@ has the same size (the last is filled with repeats, whose answers are dropped) a
 KV cache is static, so transformers compiles the decode step once (CUDA graphs) and every batch — and the next
 model of the same architecture — reuses it. A 4-bit model is not compileable; it decodes eagerly, in as few
 batches as memory allows. Generation stops when every row has reached EOS.
+
+The compiled step rounds differently from eager kernels. On the stand-in, greedy text is the same either way
+(tested). On SmolLM2 in bf16 (H200), the compiled decode matched the eager text on 127 of 316 prompts, while
+verdicts against the 4-bit model agreed on 295 of 316 against 298 (``scripts/gpu-measure.sh
+decode-equivalence``). ``cache = "dynamic"`` decodes eagerly.
 """
 
 from __future__ import annotations
