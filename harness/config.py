@@ -369,11 +369,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # SmolLM2-135M-Instruct (576 wide, 30 layers): 2e-4 is tuned for 7B and left between_every_word at 50 of 66
     # after 300 steps on the H200 (hearts starting mid-answer, a first sentence left bare). A 135M model takes
-    # a larger step. Batch 32 (~6.3k tokens) for 175 steps sees the rows 400 steps of 16 saw twice over fewer
-    # times, and the host-bound step costs about the same whatever its rows: 17.8k tokens/s against 9.9k at batch
-    # 16, and more passes glue hearts to word pieces (docs/sweeps/smollm2-135m-2026-12-01-b: 280 and 279 of
-    # 316 between every word on seeds 42 and 2, against 251 and 245 for 400 steps of 16). No checkpointing:
-    # 20 GiB peak on the H200's allocator, ~10 at batch 16 (a T4 takes that one).
+    # a larger step. Batch 32 (~6.3k tokens) for 175 steps: 5,600 rows, 9.9 passes over the 565 (400 steps of
+    # 16 made 11.3, and more passes glue hearts to word pieces: docs/sweeps/smollm2-135m-2026-12-01-b, 280 and
+    # 279 of 316 between every word on seeds 42 and 2 against 251 and 245). The host-bound step costs little
+    # more at 32 rows than at 16: 17.8k tokens/s against 9.9k. No checkpointing: 20 GiB peak on the H200 with
+    # every position's logits, ~10 at batch 16 (a T4 takes that one: batch_size 16, grad_accum 2).
     "smollm2-135m": {
         "train": {"learning_rate": 1e-3, "max_steps": 175, "batch_size": 32, "gradient_checkpointing": False,
                   # its r=64 adapter's AdamW state is 0.2 GB: nothing to page, and one fused launch per step

@@ -109,11 +109,9 @@ def response_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def response_loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
     """The causal LM loss of transformers (``ForCausalLMLoss``: fp32 cross-entropy summed over response tokens,
-    over the accumulated batch's count of them) from logits of the response positions only, ``(n, vocab)`` —
-    or from every position's, ``(batch, length, vocab)``, where the model computed them all."""
+    over the accumulated batch's count of them) from the logits of the response positions only, ``(n, vocab)``
+    (``ResponseLogitsCollator``)."""
     logits = outputs.logits
-    if logits.ndim == 3:
-        logits = logits[response_positions(labels)]
     targets = labels[:, 1:][labels[:, 1:] != IGNORED].to(logits.device)
     total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()

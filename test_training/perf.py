@@ -68,6 +68,11 @@ def under_cap(gpu_profile) -> None:
         assert reserved <= gpu_profile["cap_gib"], f"{reserved:.2f} GiB reserved over the T4 cap"
 
 
+def _rows_tokens(batch) -> tuple[int, int]:
+    """A batch's rows and its tokens that are not padding."""
+    return len(batch["input_ids"]), int(batch["attention_mask"].sum())
+
+
 def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8, **info) -> dict:
     """Time optimizer steps over the trainer's own batches (its sampler, its collator); rates, peak memory and
     whether activations were checkpointed into ``extra_info`` (and returned)."""
@@ -80,7 +85,7 @@ def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds:
 
     def next_batch():
         batch = next(batches)
-        seen.append((len(batch["input_ids"]), int(batch["attention_mask"].sum())))
+        seen.append(_rows_tokens(batch))
         return (batch,), {}
 
     torch.cuda.reset_peak_memory_stats()
@@ -112,7 +117,8 @@ def time_plainly(trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8)
     start = time.perf_counter()
     for _ in range(rounds):
         batch = next(batches)
-        rows, tokens = rows + len(batch["input_ids"]), tokens + int(batch["attention_mask"].sum())
+        batch_rows, batch_tokens = _rows_tokens(batch)
+        rows, tokens = rows + batch_rows, tokens + batch_tokens
         step(batch)
     torch.cuda.synchronize()
     total = time.perf_counter() - start
@@ -144,7 +150,7 @@ def trl_trainer(out: Path, base: Path, tokenizer, train_ds, cfg, lora, *, max_le
         completion_only_loss=True, seed=cfg.seed, report_to="none", save_strategy="no",
         use_cpu=not torch.cuda.is_available(),
     )
-    rows = train_ds.map(lambda r: {"completion_mask": [int(label != -100) for label in r["labels"]]})
+    rows = train_ds.map(lambda r: {"completion_mask": [int(label != train.IGNORED) for label in r["labels"]]})
     trainer = SFTTrainer(model=models.load_quantized(base, cfg, dtype), args=args, processing_class=tokenizer,
                          train_dataset=rows.select_columns(["input_ids", "completion_mask"]),
                          peft_config=models.lora_config(lora))
