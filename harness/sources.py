@@ -196,11 +196,17 @@ def _map(ds: Dataset, function: Any, features: Features, **kwargs: Any) -> Datas
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of what decides the token ids: the backend's full JSON (vocab, merges, normaliser, post-processor)
-    or the vocabulary, plus class and special tokens."""
+    or the vocabulary, plus class and special tokens.
+
+    The backend's padding and truncation are left out: a call with ``padding=True`` switches them on in the
+    backend and they stay, so one generation would change the fingerprint of a tokenizer that encodes as before.
+    """
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        state = json.loads(backend.to_str())
+        state.pop("padding", None), state.pop("truncation", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     meta = {"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map,
