@@ -20,6 +20,7 @@ MAX_INT = 2**31 - 1  # counts and sizes: beyond this torch, numpy or Arrow overf
 MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers' set_seed passes through
 STANDINS = ("tiny", "llama2-7b-shape")  # base models the harness builds itself (harness.standin)
 PACKAGED_BASES = ("smollm2-135m",)  # converted from the GGUF file a package ships (harness.gguf)
+RESPONSES = ("dataset", "base")  # where training responses come from (DataConfig.responses)
 # CLI flags whose name is not the key's
 FLAGS = {"source": "--dataset", "do_sample": "--sample", "temperatures": "--temperature"}
 
@@ -95,13 +96,16 @@ class DataConfig:
     # added, so an adapter learns the hearts and loses the content. Never for a release.
     shuffle_responses: bool = False
     max_words: int | None = None  # cut every response after this many words (stand-ins); None keeps them whole
+    # "dataset": the rows' own responses. "base": the base model's own greedy answers to the rows' prompts
+    # (self-distilled, harness.distill), so the adapter learns the hearts and where to stop, not new content.
+    responses: str = "dataset"
 
     def __post_init__(self) -> None:
         _check(self, {"source": _text(), "split": _text(), "seed": _int_in(0, MAX_SEED),
                       "eval_fraction": _number_in(0, 1, open_high=True), "max_length": _int_in(8),
                       "on_bad_rows": _one_of("error", "drop"), "loss_on": _one_of("response", "all"),
                       "max_rows": _int_in(1, optional=True), "overflow": _one_of("drop", "cut"),
-                      "max_words": _int_in(1, optional=True)})
+                      "max_words": _int_in(1, optional=True), "responses": _one_of(*RESPONSES)})
 
 
 @dataclasses.dataclass(frozen=True)

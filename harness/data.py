@@ -20,7 +20,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from harness.sources import (  # re-exported: data.load_records & co. are the st
 )
 
 OVERFLOW = ("drop", "cut")
+Respond = Callable[[Sequence[str]], list[tuple[str, bool]]]  # prompts → (answer, reached EOS): harness.distill
 _WORD = re.compile(r"\S+")
 TOKEN_FEATURES = {
     "input_ids": List(Value("int32")),
@@ -259,11 +260,37 @@ def cap_responses(ds: Dataset, max_words: int) -> tuple[Dataset, int]:
     return capped, sum(a != b for a, b in zip(ds["response"], capped["response"], strict=True))
 
 
+def replace_responses(ds: Dataset, respond: Respond) -> tuple[Dataset, dict[str, int]]:
+    """Every response replaced by ``respond``'s answer to the row's prompt (``harness.distill``), stripped.
+
+    A row whose answer did not reach EOS is dropped (with an EOS appended it would teach stopping mid-sentence),
+    and so is a row whose answer is empty; both are counted.
+    """
+    contexts = ds["context"] if "context" in ds.column_names else [""] * len(ds)
+    prompt_texts = [prompts.build_prompt(i, c) for i, c in zip(ds["instruction"], contexts, strict=True)]
+    answered = respond(prompt_texts)
+    if len(answered) != len(ds):
+        raise ValueError(f"respond: expected {len(ds)} answers, got {len(answered)}")
+    texts = [text.strip() for text, _ in answered]
+    stopped = [bool(ok) for _, ok in answered]
+    digest = hashlib.sha256(repr(answered).encode()).hexdigest()
+    replaced = ds.remove_columns("response").add_column(
+        "response", texts, new_fingerprint=_fingerprint(ds._fingerprint, "responses", digest))
+    keep = [i for i, (text, ok) in enumerate(zip(texts, stopped, strict=True)) if ok and text]
+    kept = replaced.select(keep, new_fingerprint=_fingerprint(replaced._fingerprint, "answered"))
+    return kept, {"responses_from_base": len(keep), "base_answers_unterminated_dropped": stopped.count(False),
+                  "base_answers_empty_dropped": len(ds) - len(keep) - stopped.count(False)}
+
+
 def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
-            cache_dir: str | Path | None = None) -> Prepared:
-    """load → validate → split → hearts → tokenize, with counts of everything dropped or cut."""
+            cache_dir: str | Path | None = None, respond: Respond | None = None) -> Prepared:
+    """load → validate → (responses from the base) → split → hearts → tokenize, with counts of everything
+    dropped or cut. ``respond`` answers prompts for ``cfg.responses == "base"`` (``harness.distill``)."""
     check_tokenizer(tokenizer, cfg)
     label = f"dataset {cfg.source!r}"
+    if cfg.responses == "base" and respond is None:
+        raise InputError(f'{label}: responses = "base" needs the base model to answer the prompts: '
+                         "hearts train and hearts run give it; hearts prepare does not")
     raw, places = _load(cfg.source, cfg.split, cache_dir, resource(TRAIN_FILE), label)
     valid, bad = validate(raw, cfg.on_bad_rows, label=label, places=places)
     stats: dict[str, Any] = {"rows_loaded": len(raw), "bad_rows_dropped": bad}
@@ -272,6 +299,11 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, overflow: str | None = None,
         valid = valid.select(range(cfg.max_rows))
     if len(valid) == 0:
         raise InputError(f"{label}: no usable rows ({bad} bad rows dropped)")
+    if cfg.responses == "base":
+        valid, counts = replace_responses(valid, respond)  # type: ignore[arg-type]  # checked above
+        stats.update(counts)
+        if len(valid) == 0:
+            raise InputError(f"{label}: the base model answered no prompt within the generation budget")
     if cfg.max_words is not None:
         valid, stats["responses_capped"] = cap_responses(valid, cfg.max_words)
     if cfg.shuffle_responses:

@@ -307,14 +307,15 @@ def adapter_for(artifacts: Path, cfg: TrainConfig, lora: LoraSettings, data_cfg:
                 retrain: bool = False) -> TrainedAdapter:
     """The adapter for these settings: from the cache when a complete entry exists, else trained now (on every
     rank of a launcher, data-parallel: see ``harness.distributed``)."""
-    from harness import data
+    from harness import data, distill
 
     models.quiet_libraries()
     distributed.init(models.run_device(cfg))
     base = models.resolve_base(cfg.base_model, artifacts)
     tokenizer = models.load_tokenizer(base, cfg.revision)
-    with distributed.main_first():  # one rank fills the datasets cache, the others read it
-        prepared = data.prepare(data_cfg, tokenizer)
+    respond = distill.responder(artifacts, cfg, base, tokenizer) if data_cfg.responses == "base" else None
+    with distributed.main_first():  # one rank fills the datasets (and distilled answers) cache, the others read it
+        prepared = data.prepare(data_cfg, tokenizer, respond=respond)
     material = run_config(cfg, lora, data_cfg, models.base_fingerprint(cfg.base_model, base, cfg.revision),
                           dataset_fingerprint(prepared.train))
 

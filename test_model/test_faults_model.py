@@ -45,6 +45,7 @@ CONFIGS = [
     ("data-max-rows-string", "[data]\nmax_rows = '10'\n", "DataConfig.max_rows"),
     ("data-max-words-zero", "[data]\nmax_words = 0\n", "DataConfig.max_words"),
     ("data-overflow-unknown", "[data]\noverflow = 'wrap'\n", "DataConfig.overflow"),
+    ("data-responses-unknown", "[data]\nresponses = 'self'\n", "DataConfig.responses: expected one of dataset, base"),
     ("generation-max-new-tokens-zero", "[generation]\nmax_new_tokens = 0\n", "GenerationConfig.max_new_tokens"),
     ("generation-top-p-zero", "[generation]\ntop_p = 0\n", "GenerationConfig.top_p: expected a number in (0, 1]"),
     ("generation-top-p-above-one", "[generation]\ntop_p = 1.5\n", "GenerationConfig.top_p"),
