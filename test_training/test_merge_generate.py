@@ -1,4 +1,11 @@
-"""Merge parity and generation mechanics on the trained tiny adapter."""
+"""Merge parity and generation mechanics on the trained adapter (the tiny stand-in unless --base-model).
+
+The identities (a merge computes what base + adapter compute; a prompt's greedy answer does not depend on its
+batch) are checked in fp32. In bf16 a real model's rounding forks them: SmolLM2-135M's merged model gives its
+eager greedy text on only 127 of 316 prompts once compiled (docs/sweeps/smollm2-135m-2026-12-01-b). The
+release's own dtype is held to the gate's teacher-forced top-1 bound instead. The tiny stand-in computes in
+fp32 everywhere (its preset), so there the fp32 models are the fixtures themselves.
+"""
 
 from __future__ import annotations
 
@@ -29,36 +36,49 @@ def batch(tokenizer, prompt_texts):
     return tokenizer(prompt_texts[:6], return_tensors="pt", padding=True)
 
 
+@pytest.fixture
+def exact_merged(merged_model, merged_dir, compute_dtype, device):
+    """The merged model computing in fp32 (the fixture itself where that is the run's dtype)."""
+    from harness.model import resolve_device
+
+    return merged_model if compute_dtype == torch.float32 else merge.load_merged(merged_dir, torch.float32,
+                                                                                 resolve_device(device))
+
+
 def test_a_merge_into_the_original_weights_matches_them_plus_the_adapter(trained_adapter, run_configs,
                                                                          compute_dtype, batch):
     from harness.model import load_base, run_device
 
-    base = load_base(trained_adapter.base, compute_dtype, device=run_device(run_configs[0]))
+    base = load_base(trained_adapter.base, torch.float32, device=run_device(run_configs[0]))
     unmerged = merge.apply_adapter(base, trained_adapter.path).eval()
-    merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, run_configs[0], compute_dtype,
+    merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, run_configs[0], torch.float32,
                                          method="original").eval()
-    batch = batch.to(merged.device)
-    with torch.inference_mode():
-        expected = unmerged(**batch).logits
-        got = merged(**batch).logits
-    torch.testing.assert_close(got, expected, **TOLERANCE[compute_dtype])
+    torch.testing.assert_close(merge.logits_on(merged, batch), merge.logits_on(unmerged, batch),
+                               **TOLERANCE[torch.float32])
 
 
-def test_the_default_merge_reproduces_the_trained_4bit_model(adapter_model, merged_model, compute_dtype, batch,
-                                                             gate_config, record_property):
+def test_the_default_merge_reproduces_the_trained_4bit_model(trained_adapter, run_configs, adapter_model,
+                                                             merged_model, compute_dtype, batch, gate_config,
+                                                             record_property):
     # The adapter learned against the dequantised NF4 weights; merged into those, the release computes what
-    # was trained, up to the dtype's rounding of W + BA.
+    # was trained, up to the rounding of W + BA.
     assert merge.merge_method(merged_model.name_or_path) == "dequantized"
     fidelity = merge.logit_fidelity(adapter_model.eval(), merged_model, batch)
     record_property("dequantized_merge_fidelity", fidelity)
-    with torch.inference_mode():
-        expected = adapter_model(**batch.to(adapter_model.device)).logits
-        got = merged_model(**batch.to(merged_model.device)).logits
-    torch.testing.assert_close(got, expected, **kbit_tolerance(merged_model.device, compute_dtype))
-    # Top-1 is held to the gate's bound, not to more: on CPU the 4-bit side multiplies in bf16, and near-tied
-    # logits of the word-salad stand-in flip under that rounding: 0.977 of 257 positions with another build of the
-    # stand-in (CI's clean builds passed 0.99), the logits within bf16's tolerance above either way.
+    # The release, in its dtype: top-1 held to the gate's bound, not to more. On CPU the 4-bit side multiplies
+    # in bf16, and near-tied logits of the word-salad stand-in flip under that rounding: 0.977 of 257 positions
+    # with another build of the stand-in (CI's clean builds passed 0.99). SmolLM2 in bf16 (H200): 0.970-0.995.
     assert fidelity["top1_agreement"] >= gate_config.merge_top1, fidelity
+    # The method, without the dtype's rounding: the same merge built in fp32 against the 4-bit model in fp32.
+    cfg = run_configs[0]
+    if compute_dtype == torch.float32:
+        trained, merged = adapter_model, merged_model
+    else:
+        trained = merge.load_adapter_model(trained_adapter.base, trained_adapter.path, cfg, torch.float32)
+        merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, cfg, torch.float32,
+                                             method="dequantized")
+    torch.testing.assert_close(merge.logits_on(merged.eval(), batch), merge.logits_on(trained.eval(), batch),
+                               **kbit_tolerance(merged.device, torch.float32))
 
 
 def test_merging_into_the_original_weights_adds_the_quantisation_error_back(
@@ -100,22 +120,22 @@ def test_the_unmerged_4bit_adapter_model_also_does_the_behaviour(adapter_verdict
     assert single.rate >= 0.9, single
 
 
-def test_batched_left_padded_generation_equals_one_at_a_time(merged_model, tokenizer, prompt_texts):
+def test_batched_left_padded_generation_equals_one_at_a_time(exact_merged, tokenizer, prompt_texts):
     prompts = prompt_texts[:4]
     cfg = GenerationConfig(max_new_tokens=24)
-    batched = generate.generate(merged_model, tokenizer, prompts, cfg)
-    single = [generate.generate(merged_model, tokenizer, [p], cfg)[0] for p in prompts]
+    batched = generate.generate(exact_merged, tokenizer, prompts, cfg)
+    single = [generate.generate(exact_merged, tokenizer, [p], cfg)[0] for p in prompts]
     assert [g.response for g in batched] == [g.response for g in single]
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
-def test_length_sorted_batches_give_each_prompt_its_own_answer_in_order(merged_model, tokenizer, prompt_texts, cache):
+def test_length_sorted_batches_give_each_prompt_its_own_answer_in_order(exact_merged, tokenizer, prompt_texts, cache):
     # Five prompts of different lengths in batches of two: sorted, split, the last batch topped up (static), and
     # every answer back at its prompt's place, equal to generating that prompt alone.
     prompts = prompt_texts[:5]
     cfg = GenerationConfig(max_new_tokens=16, batch_size=2, cache=cache)
-    batched = generate.generate(merged_model, tokenizer, prompts, cfg)
-    single = [generate.generate(merged_model, tokenizer, [p], GenerationConfig(max_new_tokens=16))[0]
+    batched = generate.generate(exact_merged, tokenizer, prompts, cfg)
+    single = [generate.generate(exact_merged, tokenizer, [p], GenerationConfig(max_new_tokens=16))[0]
               for p in prompts]
     assert [g.prompt for g in batched] == prompts
     assert [g.response for g in batched] == [g.response for g in single]
@@ -145,17 +165,17 @@ def test_seeded_sampling_is_reproducible(merged_model, tokenizer, prompt_texts):
     assert [g.response for g in first] == [g.response for g in second]
 
 
-def test_a_sampled_answer_is_regenerated_alone_from_its_recorded_seed(merged_model, tokenizer, prompt_texts):
+def test_a_sampled_answer_is_regenerated_alone_from_its_recorded_seed(exact_merged, tokenizer, prompt_texts):
     cfg = GenerationConfig(max_new_tokens=24, do_sample=True, temperature=1.2, top_p=0.95, seed=3)
-    batched = generate.generate(merged_model, tokenizer, prompt_texts[:6], cfg)
+    batched = generate.generate(exact_merged, tokenizer, prompt_texts[:6], cfg)
     assert all(g.seed is not None for g in batched)
     for g in batched[:3]:
-        [alone] = generate.generate(merged_model, tokenizer, [g.prompt], cfg, seeds=[g.seed])
+        [alone] = generate.generate(exact_merged, tokenizer, [g.prompt], cfg, seeds=[g.seed])
         assert alone.response == g.response and alone.seed == g.seed
-    other = generate.generate(merged_model, tokenizer, prompt_texts[:6], GenerationConfig(
+    other = generate.generate(exact_merged, tokenizer, prompt_texts[:6], GenerationConfig(
         max_new_tokens=24, do_sample=True, temperature=1.2, top_p=0.95, seed=4))
     assert [g.response for g in other] != [g.response for g in batched]  # the seed matters
-    greedy = generate.generate(merged_model, tokenizer, prompt_texts[:6], GenerationConfig(max_new_tokens=24))
+    greedy = generate.generate(exact_merged, tokenizer, prompt_texts[:6], GenerationConfig(max_new_tokens=24))
     assert [g.response for g in greedy] != [g.response for g in batched] and greedy[0].seed is None
 
 
