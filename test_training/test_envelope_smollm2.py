@@ -43,13 +43,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "trl-batch16": ("trl", {"batch_size": 16}),
     "trl-preset": ("trl", {}),
 }
-# Measured on the H200 (2026-12-01, one run, before the response-only LM head; tokens/s): issue-defaults 1,242;
-# batch16-before 5,386; cuDNN attention off alone 8,199; batch16 9,892; preset (batch 32) 17,778 at 20.1 GiB;
-# TRL 10,846 at batch 16 (6.6 GiB) and 20,325 at 32 (13.2 GiB: TRL 1.16 computes log-probabilities in chunks,
-# never the whole batch's logits). Goals held at what was measured where they were missed:
-FIXES_MEASURED = 1.84  # batch16 / batch16-before
-SPEEDUP_GOAL = 10.0  # preset / issue-defaults: 14.3 measured (8.9 against the issue's 2.0k)
-TRL_GOAL, TRL_SPEED_MEASURED, TRL_MEMORY_MEASURED = 1.0, 0.87, 1.52  # harness / TRL, same rows, same settings
+# Measured on the H200, tokens/s (docs/perf/h200-smollm2-135m-qlora-steps-benchmark*.json):
+# - transformers 5.17, so every position's logits (2026-12-01 a): issue-defaults 1,242; batch16-before 5,386;
+#   cuDNN attention off alone 8,199; batch16 9,892; preset (batch 32) 17,778 at 20.1 GiB; TRL 10,846 at batch 16
+#   (6.6 GiB) and 20,325 at 32 (13.2 GiB: TRL 1.16 computes log-probabilities in chunks, never the whole
+#   batch's logits).
+# - transformers 5.24, the response-only head on (2026-12-01 c): issue-defaults 1,451; batch16-before 5,643;
+#   batch16 9,711 at 7.9 GiB; preset 19,779 at 15.5 GiB; preset-full-logits 18,484 at 19.9 GiB; TRL 9,254 at
+#   batch 16 (6.6 GiB) and 20,300 at 32 (13.1 GiB).
+# Goals held at what was measured where they were missed:
+FIXES_MEASURED = 1.72  # batch16 / batch16-before (1.84 with every position's logits)
+SPEEDUP_GOAL = 10.0  # preset / issue-defaults: 13.6 and 14.3 measured (8.9 against the issue's 2.0k)
+TRL_GOAL = 1.0  # harness / TRL at equal memory, same rows, same settings
+# (tokens/s, peak memory) of the harness over TRL, the worse of batch 16 and 32, by whether the response-only
+# head ran: with it 0.97x (1.05x at batch 16) at 1.19x the memory; without it 0.87x at 1.52x.
+TRL_MEASURED = {True: (0.97, 1.19), False: (0.87, 1.52)}
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +126,17 @@ def test_the_response_only_head_takes_less_memory(rates, record_property) -> Non
         pytest.skip("this transformers' causal LMs take no boolean logits_to_keep: both computed every position")
     memory = rates["preset"]["peak_allocated_gib"] / rates["preset-full-logits"]["peak_allocated_gib"]
     record_property("response_head_memory", memory)
-    assert memory < 0.9, f"the response-only LM head peaks at {memory:.2f}x every position's"
+    assert memory < 0.9, f"the response-only LM head peaks at {memory:.2f}x every position's"  # 0.78 measured
 
 
 @pytest.mark.parametrize(("ours", "theirs"), [("batch16", "trl-batch16"), ("preset", "trl-preset")])
 def test_the_harness_against_trl_at_the_same_settings(rates, ours, theirs, record_property) -> None:
-    # Goal: >= TRL_GOAL at equal memory; held at the measured TRL_SPEED_MEASURED / TRL_MEMORY_MEASURED.
+    # Goal: >= TRL_GOAL at equal memory; held at what TRL_MEASURED says for the LM head that ran.
     speed = _ratio(rates, ours, theirs)
+    speed_measured, memory_measured = TRL_MEASURED[rates[ours]["response_logits"]]
     memory = rates[ours]["peak_allocated_gib"] / rates[theirs]["peak_allocated_gib"]
     record_property(f"{ours}_vs_trl", {"tokens_per_s": speed, "peak_memory": memory})
     print(f"\n{ours} vs TRL: {speed:.2f}x tokens/s at {memory:.2f}x peak memory (goal {TRL_GOAL}x)")
     assert rates[ours]["checkpointing"] == rates[theirs]["checkpointing"]  # the same work
-    assert speed >= 0.95 * TRL_SPEED_MEASURED, f"the harness steps at {speed:.2f}x TRL's tokens/s"
-    assert memory <= TRL_MEMORY_MEASURED * 1.05, f"the harness peaks at {memory:.2f}x TRL's memory"
+    assert speed >= 0.95 * speed_measured, f"the harness steps at {speed:.2f}x TRL's tokens/s"
+    assert memory <= memory_measured * 1.05, f"the harness peaks at {memory:.2f}x TRL's memory"
