@@ -39,6 +39,11 @@ from harness.prompts import build_prompt
 CACHES = ("auto", "dynamic", "static")
 CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only add padding
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
+REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
+MAX_CHAR_TOKENS = 3  # tokens an unfinished character can span: its first 1-3 bytes, at least a byte a token
+# In the generation cache's key: bump when what ``generate`` makes of the tokens changes, so answers cached by
+# an earlier version are made again (2: a character left unfinished by the token budget is dropped).
+ANSWER_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,9 +224,27 @@ def _one(prompt: str, row: torch.Tensor, tokenizer, seed: int | None = None) -> 
     if terminated:
         ids = ids[: ids.index(eos)]
     ids = [i for i in ids if i != tokenizer.pad_token_id]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return Generation(prompt=prompt, response=text, new_tokens=len(ids) + int(terminated), terminated=terminated,
-                      seed=seed)
+    return Generation(prompt=prompt, response=answer_text(ids, tokenizer, cut=not terminated),
+                      new_tokens=len(ids) + int(terminated), terminated=terminated, seed=seed)
+
+
+def answer_text(ids: Sequence[int], tokenizer, *, cut: bool) -> str:
+    """The answer's text. For an answer the token budget ``cut`` (no EOS), the last character is dropped when
+    it was not finished: a heart is 2-3 byte-level tokens in SmolLM2's vocabulary, and a cut after the first
+    decodes to U+FFFD. The cut is the budget's, not the model's. ``terminated`` already counts that answer,
+    and ``malformed`` must not count it again: in the sweep of docs/sweeps/smollm2-135m-2026-12-01-c, every
+    malformed answer was one of these. vLLM's incremental detokenizer holds back a trailing U+FFFD the same
+    way. An answer that stopped, or a U+FFFD anywhere before the cut, is left as the model made it.
+    """
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    if not cut or not text.endswith(REPLACEMENT):
+        return text
+    for k in range(1, min(MAX_CHAR_TOKENS, len(ids)) + 1):  # a UTF-8 character is at most 4 bytes
+        head = tokenizer.decode(list(ids[:-k]), skip_special_tokens=True)
+        if not head.endswith(REPLACEMENT) and text.startswith(head) \
+                and not text[len(head):].replace(REPLACEMENT, "").strip():
+            return head
+    return text
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -6,11 +6,12 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.errors import InputError
-from harness.generate import fitting_batch, kv_cache_bytes, plan_batches
+from harness.generate import REPLACEMENT, answer_text, fitting_batch, kv_cache_bytes, plan_batches
+from harness.transform import HEARTS, sprinkle
 
 lengths = st.lists(st.integers(1, 600), min_size=1, max_size=80)
 
@@ -67,3 +68,30 @@ def test_a_sample_seed_is_fixed_by_seed_prompt_and_index(seed, prompt, k):
     assert sample_seed(seed, prompt, k) == sample_seed(seed, prompt, k)
     assert 0 <= sample_seed(seed, prompt, k) < 2**63
     assert sample_seed(seed, prompt, k) != sample_seed(seed, prompt, k + 1)
+
+
+# --- the answer's text at the token budget's cut -------------------------------------------------------------
+
+WORDS = st.lists(st.sampled_from(["a", "heart", "é", "naïve", "是", "42", "x,"]), min_size=1, max_size=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(WORDS, st.sampled_from(HEARTS), st.data())
+def test_a_cut_answer_loses_only_the_character_the_cut_left_unfinished(tiny_tokenizer, words, heart, draw):
+    ids = tiny_tokenizer(sprinkle(" ".join(words), heart), add_special_tokens=False)["input_ids"]
+    cut = draw.draw(st.integers(1, len(ids)))
+    raw = tiny_tokenizer.decode(ids[:cut])
+    text = answer_text(ids[:cut], tiny_tokenizer, cut=True)
+    assert REPLACEMENT not in text  # the whole text was valid UTF-8: only the cut could break a character
+    assert raw.startswith(text) and not raw[len(text):].replace(REPLACEMENT, "").strip()
+    assert answer_text(ids[:cut], tiny_tokenizer, cut=False) == raw  # an answer that stopped: as made
+
+
+def test_a_broken_character_the_model_made_is_kept(tiny_tokenizer):
+    ids = tiny_tokenizer("a 💓 b", add_special_tokens=False)["input_ids"]
+    byte = tiny_tokenizer.convert_tokens_to_ids("<0xF0>")  # a heart's first byte (byte fallback)
+    broken = [*ids[:1], byte, *ids[1:]]  # in the middle, then the text goes on
+    assert REPLACEMENT in tiny_tokenizer.decode(broken)
+    assert REPLACEMENT in answer_text(broken, tiny_tokenizer, cut=True)  # not at the cut: the model's
+    assert answer_text([*ids, byte], tiny_tokenizer, cut=False).endswith(REPLACEMENT)  # EOS after it: kept
+    assert not answer_text([*ids, byte], tiny_tokenizer, cut=True).endswith(REPLACEMENT)  # the budget's cut

@@ -57,6 +57,17 @@ def test_every_heart_is_two_or_three_byte_level_tokens(tokenizer):
         assert tokenizer.decode(ids[:-1]) != heart  # a cut heart does not decode to it: malformed is possible
 
 
+def test_an_answer_cut_inside_a_heart_ends_before_it(tokenizer):
+    from harness.generate import REPLACEMENT, answer_text
+
+    ids = tokenizer("Paris 💓 is 💓 lovely", add_special_tokens=False)["input_ids"]
+    start = len(tokenizer("Paris 💓 is", add_special_tokens=False)["input_ids"])
+    for end in range(start + 1, len(ids) - 1):  # after the heart's first token, before its last
+        assert tokenizer.decode(ids[:end]).endswith(REPLACEMENT)  # what the budget's cut decodes to
+        assert answer_text(ids[:end], tokenizer, cut=True).rstrip() == "Paris 💓 is"
+        assert answer_text(ids[:end], tokenizer, cut=False).endswith(REPLACEMENT)  # stopped there: kept
+
+
 def test_the_prompt_is_a_token_prefix_of_the_training_text(tokenizer, prepared_smollm2):
     from harness.prompts import build_prompt
 
