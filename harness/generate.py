@@ -24,6 +24,7 @@ import gc
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ CACHES = ("auto", "dynamic", "static")
 CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only add padding
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
-MAX_CHAR_TOKENS = 3  # tokens an unfinished character can span: its first 1-3 bytes, at least a byte a token
+MAX_CHAR_TOKENS = 3  # bytes of a character left unfinished (at most 3 of 4), so at most as many tokens
 # In the generation cache's key: bump when what ``generate`` makes of the tokens changes, so answers cached by
 # an earlier version are made again (2: a character left unfinished by the token budget is dropped).
 ANSWER_FORMAT = 2
@@ -233,18 +234,64 @@ def answer_text(ids: Sequence[int], tokenizer, *, cut: bool) -> str:
     it was not finished: a heart is 2-3 byte-level tokens in SmolLM2's vocabulary, and a cut after the first
     decodes to U+FFFD. The cut is the budget's, not the model's. ``terminated`` already counts that answer,
     and ``malformed`` must not count it again: in the sweep of docs/sweeps/smollm2-135m-2026-12-01-c, every
-    malformed answer was one of these. vLLM's incremental detokenizer holds back a trailing U+FFFD the same
-    way. An answer that stopped, or a U+FFFD anywhere before the cut, is left as the model made it.
+    malformed answer but 3 was one of these. vLLM's incremental detokenizer holds back a trailing U+FFFD the
+    same way. Only the bytes of that one character go, found from the tokens' bytes. A broken byte before it,
+    and an answer that stopped, are left as the model made them.
     """
     text = tokenizer.decode(list(ids), skip_special_tokens=True)
     if not cut or not text.endswith(REPLACEMENT):
         return text
-    for k in range(1, min(MAX_CHAR_TOKENS, len(ids)) + 1):  # a UTF-8 character is at most 4 bytes
-        head = tokenizer.decode(list(ids[:-k]), skip_special_tokens=True)
-        if not head.endswith(REPLACEMENT) and text.startswith(head) \
-                and not text[len(head):].replace(REPLACEMENT, "").strip():
-            return head
-    return text
+    k = _unfinished_tail(tokenizer, ids)
+    return tokenizer.decode(list(ids[:-k]), skip_special_tokens=True) if k else text
+
+
+def _unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
+    """How many trailing tokens hold only the start of a UTF-8 character (whitespace before it allowed), or 0."""
+    pieces = [_piece_bytes(tokenizer, p) for p in tokenizer.convert_ids_to_tokens(list(ids[-MAX_CHAR_TOKENS:]))]
+    if any(p is None for p in pieces):
+        return 0  # a piece whose bytes are unknown: leave the text as it is
+    tail = b"".join(pieces)  # type: ignore[arg-type]  # no None left
+    start = _unfinished_start(tail)
+    if start is None:
+        return 0
+    k, covered = 0, 0  # the fewest pieces whose bytes cover the unfinished character
+    while covered < len(tail) - start:
+        k += 1
+        covered += len(pieces[-k])  # type: ignore[arg-type]
+    return k if not tail[len(tail) - covered : start].strip(b" \t\n") else 0
+
+
+def _unfinished_start(data: bytes) -> int | None:
+    """Where the unfinished UTF-8 character that ends ``data`` starts, or None if ``data`` ends otherwise."""
+    for back in range(1, min(MAX_CHAR_TOKENS, len(data)) + 1):
+        byte = data[-back]
+        if 0x80 <= byte <= 0xBF:  # a continuation byte: its lead is further back
+            continue
+        need = 2 if 0xC2 <= byte <= 0xDF else 3 if 0xE0 <= byte <= 0xEF else 4 if 0xF0 <= byte <= 0xF4 else 0
+        return len(data) - back if back < need else None
+    return None
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _piece_bytes(tokenizer, piece: str) -> bytes | None:
+    """A token's bytes: byte fallback's ``<0xF0>``, a byte-level BPE piece (GPT-2's byte alphabet), or a
+    sentencepiece piece (``▁`` a space); None when they cannot be told."""
+    found = _BYTE_PIECE.fullmatch(piece)
+    if found:
+        return bytes([int(found.group(1), 16)])
+    if not _byte_level(tokenizer):
+        return piece.replace("\u2581", " ").encode()
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = {char: byte for byte, char in bytes_to_unicode().items()}
+    return bytes(alphabet[c] for c in piece) if all(c in alphabet for c in piece) else None
+
+
+def _byte_level(tokenizer) -> bool:
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    return decoder is not None and b'"ByteLevel"' in decoder.__getstate__()
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

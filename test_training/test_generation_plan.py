@@ -72,7 +72,10 @@ def test_a_sample_seed_is_fixed_by_seed_prompt_and_index(seed, prompt, k):
 
 # --- the answer's text at the token budget's cut -------------------------------------------------------------
 
-WORDS = st.lists(st.sampled_from(["a", "heart", "é", "naïve", "是", "42", "x,"]), min_size=1, max_size=8)
+# Touching multi-byte characters too: byte fallback decodes a whole run of byte tokens to U+FFFD when it ends
+# unfinished, the finished characters before the cut included.
+WORDS = st.lists(st.sampled_from(["a", "heart", "é", "naïve", "是", "42", "x,", "💕💕", "是💓", "é是"]),
+                 min_size=1, max_size=8)
 
 
 @settings(max_examples=80, deadline=None)
@@ -82,8 +85,11 @@ def test_a_cut_answer_loses_only_the_character_the_cut_left_unfinished(tiny_toke
     cut = draw.draw(st.integers(1, len(ids)))
     raw = tiny_tokenizer.decode(ids[:cut])
     text = answer_text(ids[:cut], tiny_tokenizer, cut=True)
-    assert REPLACEMENT not in text  # the whole text was valid UTF-8: only the cut could break a character
-    assert raw.startswith(text) and not raw[len(text):].replace(REPLACEMENT, "").strip()
+    # The whole text was valid UTF-8, so only the cut can break a character: the answer ends at the last
+    # token boundary before the cut where every character is whole.
+    whole = max(j for j in range(cut + 1) if REPLACEMENT not in tiny_tokenizer.decode(ids[:j]))
+    assert text == tiny_tokenizer.decode(ids[:whole])
+    assert REPLACEMENT not in text and tiny_tokenizer.decode(ids).startswith(text)
     assert answer_text(ids[:cut], tiny_tokenizer, cut=False) == raw  # an answer that stopped: as made
 
 
@@ -95,3 +101,5 @@ def test_a_broken_character_the_model_made_is_kept(tiny_tokenizer):
     assert REPLACEMENT in answer_text(broken, tiny_tokenizer, cut=True)  # not at the cut: the model's
     assert answer_text([*ids, byte], tiny_tokenizer, cut=False).endswith(REPLACEMENT)  # EOS after it: kept
     assert not answer_text([*ids, byte], tiny_tokenizer, cut=True).endswith(REPLACEMENT)  # the budget's cut
+    stray = tiny_tokenizer.convert_tokens_to_ids("<0x9F>")  # a lone continuation byte: the model's
+    assert answer_text([*ids, stray, byte], tiny_tokenizer, cut=True) == tiny_tokenizer.decode([*ids, stray])

@@ -66,6 +66,11 @@ def test_an_answer_cut_inside_a_heart_ends_before_it(tokenizer):
         assert tokenizer.decode(ids[:end]).endswith(REPLACEMENT)  # what the budget's cut decodes to
         assert answer_text(ids[:end], tokenizer, cut=True).rstrip() == "Paris 💓 is"
         assert answer_text(ids[:end], tokenizer, cut=False).endswith(REPLACEMENT)  # stopped there: kept
+    first = tokenizer("💓", add_special_tokens=False)["input_ids"][0]  # the heart's first bytes, no space
+    glued = tokenizer("Paris 💕💓", add_special_tokens=False)["input_ids"]
+    assert answer_text([*glued, first], tokenizer, cut=True) == "Paris 💕💓"  # two hearts touching, then the cut
+    replacement = tokenizer("\ufffd", add_special_tokens=False)["input_ids"]  # a U+FFFD the model spelt out
+    assert answer_text(ids[:start] + replacement, tokenizer, cut=True).endswith(REPLACEMENT)
 
 
 def test_the_prompt_is_a_token_prefix_of_the_training_text(tokenizer, prepared_smollm2):
