@@ -62,10 +62,10 @@ def base_answers(artifacts: Path, cfg: TrainConfig, base: Path | str, tokenizer,
     }
     with cache.building(Path(artifacts), KIND, material) as (final, tmp):
         if tmp is not None:
-            lm = model.load_base(base, dtype, cfg.revision, device)
             side = tokenizer.padding_side  # generation pads on the left; training's collator must not
-            try:
-                got = generate.generate_and_release(lm, tokenizer, distinct, gen, progress)
+            try:  # the model is held by generate_and_release alone, which frees it before training starts
+                got = generate.generate_and_release(model.load_base(base, dtype, cfg.revision, device), tokenizer,
+                                                    distinct, gen, progress)
             finally:
                 tokenizer.padding_side = side
             answers.write_jsonl(tmp / answers.ANSWERS, [g.to_dict() for g in got])

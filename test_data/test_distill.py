@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fixtures.data import dolly_row
 from harness import data, distill, generate, model, prompts, transform
-from harness.config import DataConfig, generation_config, train_config
+from harness.config import DataConfig, LoraSettings, generation_config, train_config
 from harness.errors import InputError
 
 ANSWER = st.tuples(st.text(alphabet=st.sampled_from("ab \n"), max_size=12), st.booleans())
@@ -97,3 +97,26 @@ def test_base_answers_are_the_base_models_greedy_answers_and_cached(tiny_base_di
     with pytest.raises(pytest.fail.Exception, match="cached answers were not reused"):  # other prompts: anew
         distill.base_answers(tmp_path, cfg, tiny_base_dir, tokenizer, asked[:2])
 
+
+
+def test_training_asks_the_base_for_its_answers_only_when_told(monkeypatch, tmp_path) -> None:
+    from harness import train
+
+    class Prepared(Exception):
+        """Raised where prepare would run: training itself is not this test's business."""
+
+    seen: list = []
+    monkeypatch.setattr(model, "resolve_base", lambda name, artifacts: tmp_path)
+    monkeypatch.setattr(model, "load_tokenizer", lambda base, revision=None: "the tokenizer")
+    monkeypatch.setattr(distill, "responder", lambda artifacts, cfg, base, tokenizer: ("responder", base, tokenizer))
+
+    def prepare(cfg, tokenizer, *, respond=None):
+        seen.append(respond)
+        raise Prepared
+
+    monkeypatch.setattr(data, "prepare", prepare)
+    cfg = train_config("tiny", device="cpu")
+    for responses in ("base", "dataset"):
+        with pytest.raises(Prepared):
+            train.adapter_for(tmp_path, cfg, LoraSettings(), DataConfig(responses=responses))
+    assert seen == [("responder", tmp_path, "the tokenizer"), None]

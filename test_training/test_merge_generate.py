@@ -37,12 +37,14 @@ def batch(tokenizer, prompt_texts):
 
 
 @pytest.fixture
-def exact_merged(merged_model, merged_dir, compute_dtype, device):
-    """The merged model computing in fp32 (the fixture itself where that is the run's dtype)."""
+def exact_merged(request, merged_dir, compute_dtype, device):
+    """The merged model computing in fp32 (``merged_model`` where that is the run's dtype; else only the fp32
+    copy is loaded)."""
     from harness.model import resolve_device
 
-    return merged_model if compute_dtype == torch.float32 else merge.load_merged(merged_dir, torch.float32,
-                                                                                 resolve_device(device))
+    if compute_dtype == torch.float32:
+        return request.getfixturevalue("merged_model")
+    return merge.load_merged(merged_dir, torch.float32, resolve_device(device))
 
 
 def test_a_merge_into_the_original_weights_matches_them_plus_the_adapter(trained_adapter, run_configs,
