@@ -233,8 +233,8 @@ def answer_text(ids: Sequence[int], tokenizer, *, cut: bool) -> str:
     """The answer's text. For an answer the token budget ``cut`` (no EOS), the last character is dropped when
     it was not finished: a heart is 2-3 byte-level tokens in SmolLM2's vocabulary, and a cut after the first
     decodes to U+FFFD. The cut is the budget's, not the model's. ``terminated`` already counts that answer,
-    and ``malformed`` must not count it again: in the sweep of docs/sweeps/smollm2-135m-2026-12-01-c, every
-    malformed answer but 3 was one of these. vLLM's incremental detokenizer holds back a trailing U+FFFD the
+    and ``malformed`` must not count it again: in the sweep of docs/sweeps/smollm2-135m-2026-12-01-c, 236 of
+    the 238 malformed answers were such cuts. vLLM's incremental detokenizer holds back a trailing U+FFFD the
     same way. Only the bytes of that one character go, found from the tokens' bytes. A broken byte before it,
     and an answer that stopped, are left as the model made them.
     """
