@@ -17,17 +17,18 @@ from harness import generate, merge
 from harness.config import GenerationConfig
 
 # Merged weights are W + s*B@A rounded once; the unmerged path adds s*B@(A@x) per call. Same maths, different
-# rounding, so the tolerance is the dtype's: a logit of ~16 has a bf16 step of 0.125 (two roundings: 0.25,
-# seen on the H100) and an fp16 step of 0.016.
-TOLERANCE = {torch.float32: {"atol": 1e-4, "rtol": 1e-4}, torch.float16: {"atol": 5e-2, "rtol": 2e-2},
-             torch.bfloat16: {"atol": 3e-1, "rtol": 5e-2}}
+# rounding: in fp32 that is ~1e-6 of a logit. (In bf16 a logit of ~16 has a step of 0.125, and a 30-layer model
+# compounds it past any element-wise bound, which is why the identities are compared in fp32.)
+FP32 = {"atol": 1e-4, "rtol": 1e-4}
 
 
-def kbit_tolerance(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """Against the 4-bit model: on CPU bitsandbytes repacks NF4 weights on the first forward and multiplies
-    through a bf16 kernel whatever the compute dtype (rel. L2 2.8e-3 vs an fp32 merge, measured on the stand-in),
-    so the parity there is bf16's; on CUDA it dequantises to the compute dtype."""
-    return TOLERANCE[torch.bfloat16] if device.type == "cpu" else TOLERANCE[dtype]
+# Against the 4-bit model on CPU, bitsandbytes multiplies through a bf16 kernel whatever the compute dtype, so
+# the logits carry bf16's rounding compounded over the layers: element-wise tolerances fit a 2-layer stand-in,
+# not a 30-layer model. The relative L2 distance is the measure there. Measured in fp32 against the dequantised
+# merge: 0.0028 on the stand-in, 0.0097 on SmolLM2-135M with a random r=64 adapter (max |diff| 1.08 on logits
+# up to 34). The lossy merge into the original weights is 0.041 and ~0.2 on them. On CUDA the 4-bit layers
+# dequantise to the compute dtype, so fp32 is compared element-wise.
+CPU_KBIT_REL_L2 = 0.02
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_a_merge_into_the_original_weights_matches_them_plus_the_adapter(trained
     merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, run_configs[0], torch.float32,
                                          method="original").eval()
     torch.testing.assert_close(merge.logits_on(merged, batch), merge.logits_on(unmerged, batch),
-                               **TOLERANCE[torch.float32])
+                               **FP32)
 
 
 def test_the_default_merge_reproduces_the_trained_4bit_model(trained_adapter, run_configs, adapter_model,
@@ -79,8 +80,12 @@ def test_the_default_merge_reproduces_the_trained_4bit_model(trained_adapter, ru
         trained = merge.load_adapter_model(trained_adapter.base, trained_adapter.path, cfg, torch.float32)
         merged = merge.load_merged_in_memory(trained_adapter.base, trained_adapter.path, cfg, torch.float32,
                                              method="dequantized")
-    torch.testing.assert_close(merge.logits_on(merged.eval(), batch), merge.logits_on(trained.eval(), batch),
-                               **kbit_tolerance(merged.device, torch.float32))
+    if merged.device.type == "cpu":
+        exact = merge.logit_fidelity(trained.eval(), merged.eval(), batch)
+        assert exact["rel_l2"] <= CPU_KBIT_REL_L2, exact
+    else:
+        torch.testing.assert_close(merge.logits_on(merged.eval(), batch), merge.logits_on(trained.eval(), batch),
+                                   **FP32)
 
 
 def test_merging_into_the_original_weights_adds_the_quantisation_error_back(
