@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import cache, inputs
+from harness.config import GenerationConfig, TrainConfig
 from harness.errors import InputError
-from harness.generate import Generation
+from harness.generate import ANSWER_FORMAT, Generation
 from harness.prompts import build_prompt
 
 ANSWERS = "answers.jsonl"
@@ -36,28 +37,40 @@ def library_versions() -> dict[str, str]:
     return {k: v.split("+")[0] for k, v in found.items() if k != "python"}
 
 
-def _material(material: Mapping[str, Any]) -> dict[str, Any]:
+def with_versions(material: Mapping[str, Any]) -> dict[str, Any]:
+    """A cache key's material with the library versions that change what a model generates."""
     return {**material, "versions": library_versions()}
+
+
+def identity(tokenizer, prompts: Sequence[str], generation: GenerationConfig, train: TrainConfig) -> dict[str, Any]:
+    """What decides a set of answers besides the model: the tokenizer, the prompt texts, the generation settings,
+    how tokens become text (``generate.ANSWER_FORMAT``), the dtype and the device."""
+    from harness import model
+    from harness.sources import tokenizer_fingerprint
+
+    return {"tokenizer": tokenizer_fingerprint(tokenizer), "prompts": cache.cache_key({"p": list(prompts)}),
+            "dtype": model.dtype_name(model.run_dtype(train)), "device": model.run_device(train).type,
+            "generation": dataclasses.asdict(generation), "answer_format": ANSWER_FORMAT}
 
 
 def lookup_answers(artifacts: Path, material: Mapping[str, Any]) -> list[Generation] | None:
     """The cached answers for ``material`` (see the module docstring), or None."""
-    folder = cache.lookup(Path(artifacts), "generations", _material(material))
+    folder = cache.lookup(Path(artifacts), "generations", with_versions(material))
     return None if folder is None else load_generations(folder / ANSWERS)
 
 
 def store_answers(artifacts: Path, material: Mapping[str, Any], answers: Sequence[Generation]) -> None:
-    cache.cached(Path(artifacts), "generations", _material(material),
+    cache.cached(Path(artifacts), "generations", with_versions(material),
                  lambda tmp: write_jsonl(tmp / ANSWERS, [g.to_dict() for g in answers]), rebuild=True)
 
 
 def lookup_json(artifacts: Path, kind: str, material: Mapping[str, Any]) -> dict[str, Any] | None:
-    folder = cache.lookup(Path(artifacts), kind, _material(material))
+    folder = cache.lookup(Path(artifacts), kind, with_versions(material))
     return None if folder is None else json.loads((folder / MEASURED).read_text(encoding="utf-8"))
 
 
 def store_json(artifacts: Path, kind: str, material: Mapping[str, Any], value: Mapping[str, Any]) -> None:
-    cache.cached(Path(artifacts), kind, _material(material),
+    cache.cached(Path(artifacts), kind, with_versions(material),
                  lambda tmp: (tmp / MEASURED).write_text(json.dumps(value, ensure_ascii=False)), rebuild=True)
 
 

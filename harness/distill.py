@@ -17,7 +17,6 @@ its file lock alone, not by the launcher's collective: under ``torchrun`` rank 0
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from harness import answers, cache, generate, model
 from harness.config import TrainConfig, generation_config
 from harness.data import Respond
 from harness.generate import Generation
-from harness.sources import tokenizer_fingerprint
 
 KIND = "distilled"
 
@@ -50,17 +48,9 @@ def base_answers(artifacts: Path, cfg: TrainConfig, base: Path | str, tokenizer,
     gen = generation_config(cfg.base_model)
     device, dtype = model.run_device(cfg), model.run_dtype(cfg)
     distinct = sorted(set(prompts))
-    material = {
-        "base": model.base_fingerprint(cfg.base_model, base, cfg.revision),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "prompts": cache.cache_key({"prompts": distinct}),
-        "generation": dataclasses.asdict(gen),
-        "answer_format": generate.ANSWER_FORMAT,
-        "device": device.type,
-        "dtype": model.dtype_name(dtype),
-        "versions": answers.library_versions(),
-    }
-    with cache.building(Path(artifacts), KIND, material) as (final, tmp):
+    material = {**answers.identity(tokenizer, distinct, gen, cfg),
+                "model": model.base_fingerprint(cfg.base_model, base, cfg.revision)}
+    with cache.building(Path(artifacts), KIND, answers.with_versions(material)) as (final, tmp):
         if tmp is not None:
             side = tokenizer.padding_side  # generation pads on the left; training's collator must not
             try:  # the model is held by generate_and_release alone, which frees it before training starts

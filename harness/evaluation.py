@@ -114,9 +114,7 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
     """The cache key material of each answer set: the model's content, tokenizer, prompts and settings."""
     s = run.s
     base_id = model.base_fingerprint(s.train.base_model, run.adapter.base, s.train.revision)
-    shared = {"tokenizer": data.tokenizer_fingerprint(run.tokenizer), "prompts": cache.cache_key({"p": run.prompts}),
-              "dtype": model.dtype_name(model.run_dtype(s.train)), "device": model.run_device(s.train).type,
-              "generation": dataclasses.asdict(s.generation), "answer_format": generate.ANSWER_FORMAT}
+    shared = answers.identity(run.tokenizer, run.prompts, s.generation, s.train)
     keys = {"merged": {**shared, "model": {"merged": cache.content_digest(run.merged_dir)}},
             "control": {**shared, "model": base_id}}
     if s.eval.with_adapter:

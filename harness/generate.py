@@ -20,6 +20,7 @@ decode-equivalence``). ``cache = "dynamic"`` decodes eagerly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -247,7 +248,8 @@ def answer_text(ids: Sequence[int], tokenizer, *, cut: bool) -> str:
 
 def _unfinished_tail(tokenizer, ids: Sequence[int]) -> int:
     """How many trailing tokens hold only the start of a UTF-8 character (whitespace before it allowed), or 0."""
-    pieces = [_piece_bytes(tokenizer, p) for p in tokenizer.convert_ids_to_tokens(list(ids[-MAX_CHAR_TOKENS:]))]
+    byte_level = _byte_level(tokenizer)
+    pieces = [_piece_bytes(p, byte_level) for p in tokenizer.convert_ids_to_tokens(list(ids[-MAX_CHAR_TOKENS:]))]
     if any(p is None for p in pieces):
         return 0  # a piece whose bytes are unknown: leave the text as it is
     tail = b"".join(pieces)  # type: ignore[arg-type]  # no None left
@@ -275,18 +277,24 @@ def _unfinished_start(data: bytes) -> int | None:
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-def _piece_bytes(tokenizer, piece: str) -> bytes | None:
+def _piece_bytes(piece: str, byte_level: bool) -> bytes | None:
     """A token's bytes: byte fallback's ``<0xF0>``, a byte-level BPE piece (GPT-2's byte alphabet), or a
     sentencepiece piece (``▁`` a space); None when they cannot be told."""
     found = _BYTE_PIECE.fullmatch(piece)
     if found:
         return bytes([int(found.group(1), 16)])
-    if not _byte_level(tokenizer):
+    if not byte_level:
         return piece.replace("\u2581", " ").encode()
+    alphabet = _byte_alphabet()
+    return bytes(alphabet[c] for c in piece) if all(c in alphabet for c in piece) else None
+
+
+@functools.cache
+def _byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's character for each byte (GPT-2's table), inverted."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    alphabet = {char: byte for byte, char in bytes_to_unicode().items()}
-    return bytes(alphabet[c] for c in piece) if all(c in alphabet for c in piece) else None
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def _byte_level(tokenizer) -> bool:
