@@ -271,6 +271,11 @@ class GateConfig:
     # Optional: the Wilson lower bound of pass^K — the share of prompts whose K sampled answers all pass the three
     # behaviour checks — at the first sampled temperature (needs [eval] samples > 0).
     pass_k: float | None = None
+    # Every check counted in prompts must pass with this many prompts to spare: that many more failures (or
+    # faults) and it would still pass. A verdict without margin flipped with the processor and the release (the
+    # stand-in's 66/66 came out 62/66 on another CPU), so the default demands 2 — capped at what a perfect run of
+    # the set's size has (a rare fault at n=132 allows only 1), so a perfect run always passes; 0 is the bare bounds.
+    margin: int = 2
     mcnemar_alpha: float = 0.05  # a significant drop against a baseline report fails
     throughput_margin: float = 0.10  # tokens/s may drop this much against a baseline benchmark
 

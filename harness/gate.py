@@ -7,6 +7,9 @@ Rows, one per check:
 - each fault that should be rare (malformed, template_leak) on its *rate*, ``rate <= threshold``: the Wilson
   upper bound of a clean run only drops under 0.01 from about 380 prompts, so on an evaluation set of 66 the
   bound would fail a perfect model;
+- every row counted in prompts also needs ``margin`` prompts to spare (``spare_prompts``: that many more failures
+  and it would still pass), capped at what a perfect run of that size has — a verdict one prompt from its bound
+  flips with the processor or a library release;
 - ``control_single_emoji``: the base model's single_emoji *rate* must stay at or under its threshold, so the
   behaviour comes from the adapter. The rate, not ``ci_high``: a clean control of 66 prompts (0/66) has a
   Wilson upper bound of 0.055, so the bound would fail a perfect control for want of prompts;
@@ -57,6 +60,7 @@ class GateRow:
     passed: bool
     note: str = ""
     changed: bool = False  # a baseline row: some prompt's verdict on this check flipped
+    spare: int | None = None  # prompts that could still fail with the bound held; None: not counted in prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +78,10 @@ class GateResult:
 
     def table(self, rows: tuple[GateRow, ...] | None = None) -> str:
         """A plain-text table, one row per check."""
-        header = ("check", "value", "interval", "threshold", "result", "note")
+        header = ("check", "value", "interval", "threshold", "spare", "result", "note")
         cells = [header] + [
             (r.name, f"{r.value:.4g}", f"[{r.interval[0]:.3f}, {r.interval[1]:.3f}]" if r.interval else "",
-             r.threshold, "pass" if r.passed else "FAIL", r.note)
+             r.threshold, "" if r.spare is None else str(r.spare), "pass" if r.passed else "FAIL", r.note)
             for r in (self.rows if rows is None else rows)
         ]
         widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -137,6 +141,8 @@ def checked_config(cfg: GateConfig) -> GateConfig:
                           f"{cfg.retention_nll_increase}")
     if cfg.pass_k is not None and not 0.0 <= cfg.pass_k <= 1.0:
         raise ConfigError(f"GateConfig.pass_k: expected a rate in [0, 1], got {cfg.pass_k}")
+    if cfg.margin < 0:
+        raise ConfigError(f"GateConfig.margin: expected a number of prompts >= 0, got {cfg.margin}")
     if not 0.0 < cfg.mcnemar_alpha < 1.0:
         raise ConfigError(f"GateConfig.mcnemar_alpha: expected a value in (0, 1), got {cfg.mcnemar_alpha}")
     if not 0.0 <= cfg.throughput_margin < 1.0:
@@ -201,14 +207,9 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
     for check in checks.NAMES:
         m, limit = metrics[check], getattr(cfg, check)
         high = check in HIGH_CHECKS
-        passed = m["ci_low"] >= limit if high else m["rate"] <= limit
-        yield GateRow(check, m["rate"], (m["ci_low"], m["ci_high"]),
-                      f"ci_low >= {limit:g}" if high else f"rate <= {limit:g}", passed,
-                      _unreachable(m, limit) if high else "")
-    c = report["control"]["metrics"]["single_emoji"]
-    yield GateRow("control_single_emoji", c["rate"], (c["ci_low"], c["ci_high"]),
-                  f"rate <= {cfg.control_single_emoji:g}", c["rate"] <= cfg.control_single_emoji,
-                  "base model on the same prompts")
+        yield counted_row(check, m, limit, high, cfg.margin, _unreachable(m, limit) if high else "")
+    yield counted_row("control_single_emoji", report["control"]["metrics"]["single_emoji"],
+                      cfg.control_single_emoji, False, cfg.margin, "base model on the same prompts")
     logits = (report.get("agreement") or {}).get("logits")
     if logits is not None:
         yield GateRow("merge_top1", logits["top1_agreement"], None, f">= {cfg.merge_top1:g}",
@@ -216,18 +217,60 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
                       f"merged vs trained 4-bit model, top-1 tokens at {logits['positions']} positions")
     yield from retention_rows(report.get("retention"), cfg)
     if cfg.pass_k is not None:
-        yield pass_k_row(report.get("sampled"), cfg.pass_k)
+        yield pass_k_row(report.get("sampled"), cfg.pass_k, cfg.margin)
 
 
-def pass_k_row(sampled: Any, limit: float) -> GateRow:
+def counted_row(name: str, m: Mapping[str, Any], limit: float, high: bool, margin: int, note: str = "") -> GateRow:
+    """A rate over prompts against its bound: the Wilson lower bound of a check that should be high, the rate of a
+    fault that should be rare; passing also needs ``margin`` prompts to spare (capped at a perfect run's)."""
+    k, n, confidence = m["k"], m["n"], m.get("confidence", 0.95)
+    held = m["ci_low"] >= limit if high else m["rate"] <= limit
+    spare = spare_prompts(k, n, limit, high, confidence)
+    needed = min(margin, spare_prompts(n if high else 0, n, limit, high, confidence))
+    if held and spare < needed:
+        note = "; ".join(filter(None, [note, f"{spare} prompt(s) to spare, the margin is {needed}"]))
+    return GateRow(name, m["rate"], (m["ci_low"], m["ci_high"]),
+                   f"ci_low >= {limit:g}" if high else f"rate <= {limit:g}", held and spare >= needed, note,
+                   spare=spare)
+
+
+def spare_prompts(k: int, n: int, limit: float, high: bool, confidence: float = 0.95) -> int:
+    """How many more of ``n`` prompts could fail with the bound still held; negative: how many it is short.
+
+    A check that should be high passes on its Wilson lower bound, which rises with ``k``: spare is ``k`` minus
+    the fewest passes that clear ``limit``. A rare fault passes on its rate: spare is the most faults the rate
+    allows minus ``k``. The same comparisons as the rows make, so ``spare >= 0`` exactly when the bound holds.
+    """
+    if high:
+        return k - fewest_passing(n, limit, confidence)
+    most = math.floor(limit * n)
+    while (most + 1) / n <= limit:  # floor's float rounding, settled by the comparison the row makes
+        most += 1
+    while most >= 0 and most / n > limit:
+        most -= 1
+    return most - k
+
+
+def fewest_passing(n: int, limit: float, confidence: float = 0.95) -> int:
+    """The smallest k whose Wilson lower bound of k/n reaches ``limit``; n + 1 when not even n/n does."""
+    lo, hi = 0, n + 1
+    while lo < hi:  # bisection: the lower bound rises with k
+        mid = (lo + hi) // 2
+        if wilson(mid, n, confidence).ci_low >= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def pass_k_row(sampled: Any, limit: float, margin: int = 0) -> GateRow:
     """The optional pass^K threshold, on the behaviour at the first sampled temperature."""
     if not sampled:
         return GateRow("pass_k", math.nan, None, f"ci_low >= {limit:g}", False,
                        "the report has no sampled answers ([eval] samples)")
     block = sampled[0]
-    m = block["checks"]["behaviour"]["pass_k"]
-    return GateRow("pass_k", m["rate"], (m["ci_low"], m["ci_high"]), f"ci_low >= {limit:g}", m["ci_low"] >= limit,
-                   f"all {block['samples']} samples pass, T={block['temperature']:g}")
+    return counted_row("pass_k", block["checks"]["behaviour"]["pass_k"], limit, True, margin,
+                       f"all {block['samples']} samples pass, T={block['temperature']:g}")
 
 
 def retention_rows(block: Mapping[str, Any] | None, cfg: GateConfig) -> Iterator[GateRow]:

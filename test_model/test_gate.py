@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.config import ConfigError, GateConfig
 from harness.errors import InputError
-from harness.gate import assert_gate, evaluate, load_config
+from harness.gate import assert_gate, evaluate, fewest_passing, load_config, spare_prompts
 from harness.report import write_report
+from harness.stats import wilson
 from test_model.test_report import eval_prompts, make_report, set_rate
 
 
@@ -106,6 +109,58 @@ def test_assert_gate_reads_a_report_file_and_a_config_mapping(tmp_path, report):
         assert_gate(path, {"single_emoji": 0.995})
 
 
+# --- margin: prompts to spare --------------------------------------------------------------------------
+
+
+@given(n=st.integers(1, 500), data=st.data(), limit=st.floats(0.0, 1.0), high=st.booleans())
+def test_spare_is_non_negative_exactly_when_the_bound_holds_and_moves_one_per_prompt(n, data, limit, high):
+    k = data.draw(st.integers(0, n))
+    r = wilson(k, n)
+    spare = spare_prompts(k, n, limit, high)
+    assert (spare >= 0) == (r.ci_low >= limit if high else r.rate <= limit)
+    if k < n:  # one more passing answer (or fault): one more (fewer) to spare, whatever the bound
+        assert spare_prompts(k + 1, n, limit, high) == spare + (1 if high else -1)
+
+
+@given(n=st.integers(1, 500), limit=st.floats(0.0, 1.0))
+def test_fewest_passing_is_the_edge_of_the_wilson_bound(n, limit):
+    k = fewest_passing(n, limit)
+    assert k == n + 1 or wilson(k, n).ci_low >= limit
+    assert k == 0 or wilson(k - 1, n).ci_low < limit
+
+
+def test_a_check_one_prompt_inside_its_bound_fails_for_want_of_margin(report):
+    edge = fewest_passing(400, GateConfig().terminated)
+    set_rate(report, "terminated", edge + 1)  # the bound holds with 1 prompt to spare
+    row = _row(evaluate(report), "terminated")
+    assert row.interval[0] >= 0.90 and row.spare == 1 and not row.passed
+    assert "1 prompt(s) to spare, the margin is 2" in row.note
+    assert _row(evaluate(report, GateConfig(margin=1)), "terminated").passed  # control: the bare-er gates pass it
+    assert _row(evaluate(set_rate(report, "terminated", edge + 2)), "terminated").passed
+
+
+def test_a_rare_fault_needs_room_for_two_more(report):
+    set_rate(report, "malformed", 3)  # 3 of 400 under a 0.01 rate: 4 allowed, 1 to spare
+    assert _failed(evaluate(report)) == ["malformed"]
+    assert _failed(evaluate(set_rate(report, "malformed", 2))) == []
+
+
+def test_the_margin_is_capped_at_what_a_perfect_run_of_the_size_has():
+    small = make_report(66)  # 66/66 clears 0.90 with 1 to spare, 0/66 faults allow 0 more
+    rows = {r.name: r for r in evaluate(small).rows}
+    assert rows["single_emoji"].spare == 1 and rows["malformed"].spare == 0
+    assert all(r.passed for r in rows.values())
+    assert not _row(evaluate(set_rate(small, "single_emoji", 65)), "single_emoji").passed
+
+
+def test_the_table_shows_the_prompts_to_spare(report):
+    table = evaluate(report).table()
+    assert table.splitlines()[0].split()[:5] == ["check", "value", "interval", "threshold", "spare"]
+    spare = _row(evaluate(report), "in_list").spare
+    assert spare is not None and spare > 2 and f" {spare} " in next(ln for ln in table.splitlines()
+                                                                    if ln.startswith("in_list"))
+
+
 # --- configuration --------------------------------------------------------------------------------
 
 
@@ -134,6 +189,8 @@ def test_a_stricter_config_turns_a_pass_into_a_fail(tmp_path, report):
         pytest.param("[gate]\nin_list = 'high'\n", "expected a finite number", id="string-threshold"),
         pytest.param("[gate]\nin_list = 1.5\n", "expected a rate in [0, 1]", id="threshold-above-one"),
         pytest.param("[gate]\nmcnemar_alpha = 0\n", "mcnemar_alpha", id="alpha-zero"),
+        pytest.param("[gate]\nmargin = -1\n", "GateConfig.margin", id="negative-margin"),
+        pytest.param("[gate]\nmargin = 1.5\n", "expected an integer", id="fractional-margin"),
         pytest.param("[gates]\nin_list = 0.9\n", "unknown table or key 'gates'", id="misspelt-table"),
     ],
 )
