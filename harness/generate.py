@@ -54,7 +54,7 @@ class Generation:
     response: str
     new_tokens: int
     terminated: bool  # EOS reached within max_new_tokens
-    seed: int | None = None  # sampled: this answer's own seed (generate([prompt], seeds=[seed]) gives it again)
+    seed: int | None = None  # sampled: its own seed; its batch's prompts and seeds give it again (fp32: alone too)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
