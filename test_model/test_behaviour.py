@@ -33,17 +33,31 @@ class Allowance:
 
 
 # (base model, device, check) -> Allowance. Nothing broader than one check of one base on one device, and each
-# is asserted: a model that falls below even the measured figure fails. Empty since the merge reproduces the
-# trained 4-bit model (merge into the dequantised weights): the two CUDA gaps of the tiny stand-in measured on
-# the H100 (1 of 66 malformed, 4-bit/merged agreement 54 of 66) came with the lossy merge into the original
-# weights.
-ALLOWANCES: dict[tuple[str, str, str], Allowance] = {}
+# is asserted: a model that falls below even the measured figure fails. (The tiny stand-in's two CUDA gaps measured
+# on the H100 — 1 of 66 malformed, 4-bit/merged agreement 54 of 66 — went with the lossy merge into the original
+# weights.)
+ALLOWANCES: dict[tuple[str, str, str], Allowance] = {
+    # terminated clears 0.90 on every seed, but not always with the gate's 2 prompts to spare; the misses are the
+    # 135M model's repetition loops (`… 💓 g: 💓 9 💓 g: 💓 9 …`). 0.89 keeps the margin over the worst seen.
+    ("smollm2-135m", "cuda", "terminated"): Allowance(
+        0.89, "H200, transformers 5.24, preset, 316 prompts, 2026-12-01: terminated 300/316 (seed 42), 300 "
+              "(seed 1), 303 (seed 3); seed 2 gave 302 in sweep c and 295 in the battery (GPU training is not "
+              "bit-reproducible): 295 has a Wilson bound of 0.901, 0 prompts to spare over 0.90"),
+}
 
 
 def allowed(cfg: GateConfig, base: str, device: str, check: str) -> GateConfig:
     """``cfg`` with ``check``'s threshold replaced by its measured allowance for (base, device), if any."""
     allowance = ALLOWANCES.get((base, device, check))
     return cfg if allowance is None else dataclasses.replace(cfg, **{check: allowance.threshold})
+
+
+def allowed_all(cfg: GateConfig, base: str, device: str) -> GateConfig:
+    """``cfg`` with every allowance measured for (base, device)."""
+    for b, d, check in ALLOWANCES:
+        if (b, d) == (base, device):
+            cfg = allowed(cfg, b, d, check)
+    return cfg
 
 
 @pytest.fixture
@@ -134,11 +148,7 @@ def test_every_transformed_training_response_passes_all_three_checks(prepared_bu
 def test_the_release_gate_passes_on_this_model(release_report, gate_config, run_configs, device):
     from harness.gate import assert_gate
 
-    cfg = gate_config
-    for base, dev, check in ALLOWANCES:
-        if (base, dev) == (run_configs[0].base_model, device):
-            cfg = allowed(cfg, base, dev, check)
-    assert_gate(release_report, cfg)
+    assert_gate(release_report, allowed_all(gate_config, run_configs[0].base_model, device))
 
 
 def test_an_allowance_replaces_one_threshold_for_one_base_and_device(monkeypatch):
@@ -148,3 +158,5 @@ def test_an_allowance_replaces_one_threshold_for_one_base_and_device(monkeypatch
     assert allowed(cfg, "tiny", "cuda", "malformed").terminated == cfg.terminated
     assert allowed(cfg, "tiny", "cpu", "malformed") == cfg
     assert allowed(cfg, "smollm2-135m", "cuda", "malformed") == cfg
+    assert allowed_all(cfg, "tiny", "cuda") == allowed(cfg, "tiny", "cuda", "malformed")
+    assert allowed_all(cfg, "tiny", "cpu") == cfg
