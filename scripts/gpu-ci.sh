@@ -13,12 +13,16 @@
 #   PYTHON           the interpreter with the harness installed (default: python)
 #   BENCH_MARGIN     relative change that counts as a regression (default: hearts bench's, 0.1)
 #   GPU_CI_ALLOW_CPU=1  run anyway without CUDA (to try the script; the gpu tests then skip)
+#   GPU_CI_SPLIT=1      run the real-model battery as parallel pytest processes: the rest, one per extra training
+#                       seed, the planted fault (a card with room for ~5 trainings: on SmolLM2 one reserves up to
+#                       28 GiB; measured on the H200: four at once, ~6 min a seed). The extra pytest args must
+#                       then not select tests (-k, paths): each process picks its own.
 #   GPU_CI_ENVELOPE=1   also run the 7B-shape envelope (minutes, ~30 GB of disk for the shape and its merge):
 #                       training/merge/generation under the T4 profile, then batch-32 generation on the full card
 #
-# Writes into OUT_DIR: environment.txt, junit-gpu.xml, junit-bench.xml, bench-YYYYmmdd-HHMMSS.json (UTC) and,
-# when an earlier bench JSON is there, bench-compare.md + bench-compare.png; with the envelope, also
-# envelope-t4.json, envelope-generation.json and their junit XML.
+# Writes into OUT_DIR: environment.txt, junit-gpu.xml (split: junit-gpu-PART.xml and gpu-PART.log),
+# junit-bench.xml, bench-YYYYmmdd-HHMMSS.json (UTC) and, when an earlier bench JSON is there, bench-compare.md
+# + bench-compare.png; with the envelope, also envelope-t4.json, envelope-generation.json and their junit XML.
 # Exit: 0 all passed; 1 a test failed, a benchmark regressed or the comparison could not be made (every step
 # still runs); 2 the environment cannot run the job (no CUDA, no bitsandbytes) and nothing else ran.
 set -euo pipefail
@@ -87,7 +91,29 @@ for arg in "$@"; do
 done
 log "gpu tests, real base: pytest -m gpu ${real[*]} $*"
 # -m on the command line replaces the 'not gpu and not slow' of pyproject's addopts.
-"$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
+battery_part() {  # battery_part NAME PYTEST-ARGS...: one piece of the real-model battery, in the background
+    local name=$1
+    shift
+    "$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu-$name.xml" "$@" \
+        >"$OUT_DIR/gpu-$name.log" 2>&1 &
+    parts+=("$name:$!")
+}
+if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
+    parts=()
+    battery_part rest -k "not planted and not test_seeds" "$@"
+    for seed in 1 2 3; do  # test_model/test_seeds.py's OTHER_SEEDS
+        battery_part "seed$seed" test_model/test_seeds.py -k "cuda-$seed" "$@"
+    done
+    battery_part planted test_model/test_retention_planted.py "$@"
+    for part in "${parts[@]}"; do
+        rc=0
+        wait "${part#*:}" || rc=$?
+        log "battery part ${part%%:*}: exit $rc ($OUT_DIR/gpu-${part%%:*}.log)"
+        [ "$rc" -eq 0 ] || status=1
+    done
+else
+    "$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
+fi
 log "gpu tests, tiny stand-in: pytest -m gpu --base-model tiny"
 "$PYTHON" -m pytest -m gpu --base-model tiny --junitxml "$OUT_DIR/junit-gpu-tiny.xml" || status=1
 
