@@ -15,7 +15,7 @@ import pytest
 
 from harness import evaluation, merge, model, train
 from harness.gate import assert_gate
-from test_model.test_behaviour import allowed_all
+from test_model.test_behaviour import allowed_all, gate_counts
 
 pytestmark = pytest.mark.slow
 
@@ -30,5 +30,5 @@ def test_the_release_gate_passes_for_another_training_seed(seed, run_settings, g
     merged = merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, model.run_dtype(s.train),
                               s.merge.method)
     report = evaluation.evaluate(s, adapter, merged).report
-    record_property("metrics", {k: f"{m['k']}/{m['n']}" for k, m in report["metrics"].items()})
+    record_property("metrics", gate_counts(report))
     assert_gate(report, allowed_all(gate_config, s.train.base_model, device))
