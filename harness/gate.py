@@ -222,11 +222,15 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
 
 def counted_row(name: str, m: Mapping[str, Any], limit: float, high: bool, margin: int, note: str = "") -> GateRow:
     """A rate over prompts against its bound: the Wilson lower bound of a check that should be high, the rate of a
-    fault that should be rare; passing also needs ``margin`` prompts to spare (capped at a perfect run's)."""
+    fault that should be rare; passing also needs ``margin`` prompts to spare (capped at a perfect run's).
+
+    The bound is judged on the report's own figures (``ci_low``, ``rate``) and the spare on its ``k`` of ``n``:
+    the same thing for a report the harness wrote, whose rates are ``stats.wilson`` of those counts."""
     k, n, confidence = m["k"], m["n"], m.get("confidence", 0.95)
     held = m["ci_low"] >= limit if high else m["rate"] <= limit
     spare = spare_prompts(k, n, limit, high, confidence)
-    needed = min(margin, spare_prompts(n if high else 0, n, limit, high, confidence))
+    # a perfect run's spare; < 0 when even it misses the bound (then the row fails on the bound alone)
+    needed = max(0, min(margin, spare_prompts(n if high else 0, n, limit, high, confidence)))
     if held and spare < needed:
         note = "; ".join(filter(None, [note, f"{spare} prompt(s) to spare, the margin is {needed}"]))
     return GateRow(name, m["rate"], (m["ci_low"], m["ci_high"]),
@@ -263,7 +267,7 @@ def fewest_passing(n: int, limit: float, confidence: float = 0.95) -> int:
     return lo
 
 
-def pass_k_row(sampled: Any, limit: float, margin: int = 0) -> GateRow:
+def pass_k_row(sampled: Any, limit: float, margin: int) -> GateRow:
     """The optional pass^K threshold, on the behaviour at the first sampled temperature."""
     if not sampled:
         return GateRow("pass_k", math.nan, None, f"ci_low >= {limit:g}", False,

@@ -98,8 +98,10 @@ battery_part() {  # battery_part NAME PYTEST-ARGS...: one piece of the real-mode
         >"$OUT_DIR/gpu-$name.log" 2>&1 &
     parts+=("$name:$!")
 }
+rm -f "$OUT_DIR"/junit-gpu*.xml "$OUT_DIR"/gpu-*.log  # one mode's results only: a collector globs junit-*.xml
 if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
     parts=()
+    trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a killed job must not leave pytest processes on the GPU
     battery_part rest -k "not planted and not test_seeds" "$@"
     for seed in 1 2 3; do  # test_model/test_seeds.py's OTHER_SEEDS
         battery_part "seed$seed" test_model/test_seeds.py -k "cuda-$seed" "$@"
@@ -109,8 +111,12 @@ if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
         rc=0
         wait "${part#*:}" || rc=$?
         log "battery part ${part%%:*}: exit $rc ($OUT_DIR/gpu-${part%%:*}.log)"
-        [ "$rc" -eq 0 ] || status=1
+        if [ "$rc" -ne 0 ]; then
+            tail -n 40 "$OUT_DIR/gpu-${part%%:*}.log" >&2
+            status=1
+        fi
     done
+    trap - EXIT
 else
     "$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu.xml" "$@" || status=1
 fi

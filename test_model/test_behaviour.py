@@ -40,9 +40,10 @@ ALLOWANCES: dict[tuple[str, str, str], Allowance] = {
     # terminated clears 0.90 on every seed, but not always with the gate's 2 prompts to spare; the misses are the
     # 135M model's repetition loops (`… 💓 g: 💓 9 💓 g: 💓 9 …`). 0.89 keeps the margin over the worst seen.
     ("smollm2-135m", "cuda", "terminated"): Allowance(
-        0.89, "H200, transformers 5.24, preset, 316 prompts, 2026-12-01: terminated 300/316 (seed 42), 300 "
-              "(seed 1), 303 (seed 3); seed 2 gave 302 in sweep c and 295 in the battery (GPU training is not "
-              "bit-reproducible): 295 has a Wilson bound of 0.901, 0 prompts to spare over 0.90"),
+        0.89, "H200, transformers 5.24, preset, 316 prompts, 2026-12-01: terminated 300/316 (seed 42, sweep "
+              "c; the battery's gate passed), 300 (seed 1), 303 (seed 3); seed 2 gave 302 in sweep c and 295 in "
+              "the battery (GPU training is not bit-reproducible): 295 has a Wilson bound of 0.901, 0 prompts to "
+              "spare over 0.90"),
 }
 
 
