@@ -207,7 +207,7 @@ def threshold_rows(report: Mapping[str, Any], cfg: GateConfig) -> Iterator[GateR
     for check in checks.NAMES:
         m, limit = metrics[check], getattr(cfg, check)
         high = check in HIGH_CHECKS
-        yield counted_row(check, m, limit, high, cfg.margin, _unreachable(m, limit) if high else "")
+        yield counted_row(check, m, limit, high, cfg.margin)
     yield counted_row("control_single_emoji", report["control"]["metrics"]["single_emoji"],
                       cfg.control_single_emoji, False, cfg.margin, "base model on the same prompts")
     logits = (report.get("agreement") or {}).get("logits")
@@ -229,10 +229,14 @@ def counted_row(name: str, m: Mapping[str, Any], limit: float, high: bool, margi
     k, n, confidence = m["k"], m["n"], m.get("confidence", 0.95)
     held = m["ci_low"] >= limit if high else m["rate"] <= limit
     spare = spare_prompts(k, n, limit, high, confidence)
-    # a perfect run's spare; < 0 when even it misses the bound (then the row fails on the bound alone)
-    needed = max(0, min(margin, spare_prompts(n if high else 0, n, limit, high, confidence)))
+    best = spare_prompts(n if high else 0, n, limit, high, confidence)  # a perfect run's
+    notes = [note]
+    if best < 0:  # the evaluation set is too small for the bound (a high check: no fault always clears a rate)
+        notes.append(f"unreachable at n={n}: a perfect run's bound is {wilson(n, n, confidence).ci_low:.3f}")
+    needed = max(0, min(margin, best))  # best < 0: the row fails on the bound alone
     if held and spare < needed:
-        note = "; ".join(filter(None, [note, f"{spare} prompt(s) to spare, the margin is {needed}"]))
+        notes.append(f"{spare} prompt(s) to spare, the margin is {needed}")
+    note = "; ".join(filter(None, notes))
     return GateRow(name, m["rate"], (m["ci_low"], m["ci_high"]),
                    f"ci_low >= {limit:g}" if high else f"rate <= {limit:g}", held and spare >= needed, note,
                    spare=spare)
@@ -292,15 +296,6 @@ def retention_rows(block: Mapping[str, Any] | None, cfg: GateConfig) -> Iterator
         yield GateRow(name, m["mean"], (m["ci_low"], m["ci_high"]),
                       f"ci_low >= {limit:g}" if high else f"ci_high <= {limit:g}", passed,
                       "merged vs base answers, bootstrap interval")
-
-
-def _unreachable(m: Mapping[str, Any], limit: float) -> str:
-    """A note when even a perfect run of this size could not clear the bound: the eval set is too small."""
-    n, confidence = m["n"], m.get("confidence", 0.95)
-    best = wilson(n, n, confidence).ci_low
-    if best < limit:
-        return f"unreachable at n={n}: a perfect run's bound is {best:.3f}"
-    return ""
 
 
 # --- baseline report: paired McNemar per check -------------------------------------------------------

@@ -47,24 +47,16 @@ ALLOWANCES: dict[tuple[str, str, str], Allowance] = {
 }
 
 
-def allowed(cfg: GateConfig, base: str, device: str, check: str) -> GateConfig:
-    """``cfg`` with ``check``'s threshold replaced by its measured allowance for (base, device), if any."""
-    allowance = ALLOWANCES.get((base, device, check))
-    return cfg if allowance is None else dataclasses.replace(cfg, **{check: allowance.threshold})
-
-
-def allowed_all(cfg: GateConfig, base: str, device: str) -> GateConfig:
-    """``cfg`` with every allowance measured for (base, device)."""
-    for b, d, check in ALLOWANCES:
-        if (b, d) == (base, device):
-            cfg = allowed(cfg, b, d, check)
-    return cfg
+def allowed(cfg: GateConfig, base: str, device: str) -> GateConfig:
+    """``cfg`` with each threshold that has a measured allowance for (base, device) replaced by it."""
+    return dataclasses.replace(cfg, **{check: a.threshold for (b, d, check), a in ALLOWANCES.items()
+                                       if (b, d) == (base, device)})
 
 
 @pytest.fixture
 def bound(gate_config, run_configs, device):
     """``bound(check)``: the gate threshold this (base, device) is held to for ``check``."""
-    return lambda check: getattr(allowed(gate_config, run_configs[0].base_model, device, check), check)
+    return lambda check: getattr(allowed(gate_config, run_configs[0].base_model, device), check)
 
 
 def _explain(verdicts, generations, check: str, failing: bool = False, n: int = 3) -> str:
@@ -156,15 +148,13 @@ def test_the_release_gate_passes_on_this_model(release_report, gate_config, run_
     from harness.gate import assert_gate
 
     record_property("metrics", gate_counts(release_report))
-    assert_gate(release_report, allowed_all(gate_config, run_configs[0].base_model, device))
+    assert_gate(release_report, allowed(gate_config, run_configs[0].base_model, device))
 
 
 def test_an_allowance_replaces_one_threshold_for_one_base_and_device(monkeypatch):
     monkeypatch.setitem(ALLOWANCES, ("tiny", "cuda", "malformed"), Allowance(0.02, "measured: 1 of 66"))
     cfg = GateConfig()
-    assert allowed(cfg, "tiny", "cuda", "malformed").malformed == 0.02
-    assert allowed(cfg, "tiny", "cuda", "malformed").terminated == cfg.terminated
-    assert allowed(cfg, "tiny", "cpu", "malformed") == cfg
-    assert allowed(cfg, "smollm2-135m", "cuda", "malformed") == cfg
-    assert allowed_all(cfg, "tiny", "cuda") == allowed(cfg, "tiny", "cuda", "malformed")
-    assert allowed_all(cfg, "tiny", "cpu") == cfg
+    assert allowed(cfg, "tiny", "cuda").malformed == 0.02
+    assert allowed(cfg, "tiny", "cuda") == dataclasses.replace(cfg, malformed=0.02)  # that threshold alone
+    assert allowed(cfg, "tiny", "cpu") == cfg
+    assert allowed(cfg, "smollm2-135m", "cuda").malformed == cfg.malformed
