@@ -22,8 +22,10 @@ pytestmark = pytest.mark.gpu
 THRESHOLDS = GateConfig(retention_chrf=12.0, retention_nll_increase=2.5)  # README's suggested values
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def real_base(run_settings, device):
+    # Session-scoped and autouse, so it runs before the session's training and evaluation: pytest sets up
+    # higher-scoped fixtures first, and a function-scoped skip came after the CPU param had trained SmolLM2.
     if device != "cuda":
         pytest.skip("trains a second real adapter: on CUDA only")
     if run_settings.train.base_model == "tiny":
@@ -46,12 +48,12 @@ def _rows(report):
     return {r.name: r for r in evaluate(report, THRESHOLDS).rows}
 
 
-def test_the_real_adapter_passes_the_retention_thresholds(real_base, release_report):
+def test_the_real_adapter_passes_the_retention_thresholds(release_report):
     rows = _rows(release_report)
     assert rows["retention_chrf"].passed and rows["retention_nll_increase"].passed, rows
 
 
-def test_a_planted_fault_fails_them(real_base, planted_report, release_report):
+def test_a_planted_fault_fails_them(planted_report, release_report):
     rows = _rows(planted_report)
     assert not rows["retention_chrf"].passed and not rows["retention_nll_increase"].passed, rows
     assert planted_report["retention"]["chrf"]["ci_high"] < release_report["retention"]["chrf"]["ci_low"]
