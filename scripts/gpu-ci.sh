@@ -13,10 +13,11 @@
 #   PYTHON           the interpreter with the harness installed (default: python)
 #   BENCH_MARGIN     relative change that counts as a regression (default: hearts bench's, 0.1)
 #   GPU_CI_ALLOW_CPU=1  run anyway without CUDA (to try the script; the gpu tests then skip)
-#   GPU_CI_SPLIT=1      run the real-model battery as parallel pytest processes: the rest, one per extra training
-#                       seed, the planted fault (a card with room for ~5 trainings: on SmolLM2 one reserves up to
-#                       28 GiB; measured on the H200: four at once, ~6 min a seed). The extra pytest args must
-#                       then not select tests (-k, paths): each process picks its own.
+#   GPU_CI_SPLIT=1      run the real-model battery as parallel pytest processes: the data and training tests, the
+#                       model tests, one per extra training seed, the planted fault (six processes; with
+#                       expandable segments, set below, measured on the H200: ~4.5 min a seed, 72 GiB in
+#                       use at most; without them one SmolLM2 training reserves up to 28 GiB). The extra pytest
+#                       args must then not select tests (-k, paths): each process picks its own.
 #   GPU_CI_ENVELOPE=1   also run the 7B-shape envelope (minutes, ~30 GB of disk for the shape and its merge):
 #                       training/merge/generation under the T4 profile, then batch-32 generation on the full card
 #
@@ -101,8 +102,13 @@ battery_part() {  # battery_part NAME PYTEST-ARGS...: one piece of the real-mode
 rm -f "$OUT_DIR"/junit-gpu*.xml "$OUT_DIR"/gpu-*.log  # one mode's results only: a collector globs junit-*.xml
 if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
     parts=()
+    # Length-grouped batches vary in shape; without expandable segments each process's allocator keeps ~28 GiB.
+    export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
     trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a killed job must not leave pytest processes on the GPU
-    battery_part rest -k "not planted and not test_seeds" "$@"
+    # The generation identities compile a decode step per shape (minutes on SmolLM2): the training-side and the
+    # model-side tests run apart, and wait on one training of the session's adapter through the cache's lock.
+    battery_part training test_data test_training "$@"
+    battery_part model test_model -k "not planted and not test_seeds" "$@"
     for seed in 1 2 3; do  # test_model/test_seeds.py's OTHER_SEEDS
         battery_part "seed$seed" test_model/test_seeds.py -k "cuda-$seed" "$@"
     done

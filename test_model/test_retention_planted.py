@@ -2,9 +2,11 @@
 hearts and loses the content, and the retention figures say so where the real adapter passes (``-m gpu``).
 
 Needs a real base: the tiny stand-in's answers are word salad, so its retention figures carry no signal.
-Measured on the H200 with SmolLM2-135M (seed 42, preset recipe): chrF 15.1 [13.9, 16.6] and NLL increase
-1.94 [1.84, 2.03] nats/token for the real adapter (seed 1: 14.6, 2.02); 8.3 [7.7, 9.0] and 3.13 [3.04, 3.23]
-for the planted fault. README's suggested thresholds sit between: retention_chrf 12, retention_nll_increase 2.5.
+Measured on the H200 with SmolLM2-135M under the preset (lr 1e-3, batch 32, 175 steps, response-only head;
+transformers 5.24): the real adapter's NLL increase is 1.24-1.25 nats/token and chrF 15.6-15.8 (seeds 42 and 2,
+docs/sweeps/smollm2-135m-2026-12-01-c); the planted fault's 2.30 [2.23, 2.36] and chrF 7.96 [7.32, 8.70]. The
+old preset's figures (1.94 real, 3.13 planted) set an NLL bound of 2.5, which the planted fault now passes under:
+README's suggested thresholds sit between the new figures, retention_chrf 12, retention_nll_increase 1.75.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from harness.gate import evaluate
 
 pytestmark = pytest.mark.gpu
 
-THRESHOLDS = GateConfig(retention_chrf=12.0, retention_nll_increase=2.5)  # README's suggested values
+THRESHOLDS = GateConfig(retention_chrf=12.0, retention_nll_increase=1.75)  # README's suggested values
 
 
 @pytest.fixture(scope="session", autouse=True)
