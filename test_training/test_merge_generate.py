@@ -106,7 +106,7 @@ def test_merging_into_the_original_weights_adds_the_quantisation_error_back(
 # bf16 it measures bf16's forks as much as the merge (the same merged weights, compiled against eager, gave the
 # same text on 127 of 316 SmolLM2 prompts); in fp32 both models compute the same numbers up to summation order,
 # so what is left is the merge. 128 prompts: a bound of 0.98 then allows 2 disagreements.
-FIDELITY_PROMPTS = 128
+FP32_AGREEMENT_PROMPTS = 128
 
 
 def test_in_fp32_the_default_merge_answers_as_the_trained_model_and_the_original_merge_does_not(
@@ -116,7 +116,7 @@ def test_in_fp32_the_default_merge_answers_as_the_trained_model_and_the_original
     from harness.report import judge
 
     cfg = dataclasses.replace(run_configs[0], compute_dtype="fp32")
-    prompts = prompt_texts[:FIDELITY_PROMPTS]
+    prompts = prompt_texts[:FP32_AGREEMENT_PROMPTS]
     trained = merge.load_adapter_model(trained_adapter.base, trained_adapter.path, cfg, torch.float32)
     reference = generate.generate(trained, tokenizer, prompts, run_settings.generation)
     del trained
