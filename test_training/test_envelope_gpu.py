@@ -31,6 +31,7 @@ BASE = "llama2-7b-shape"
 SEQ = 512  # the original's max sequence length; longer rows are cut at a word boundary, the same for both recipes
 GEN_BATCH = 32
 GEN_NEW_TOKENS = 128
+LARGE_GEN_BATCHES = (64, 128)  # batch 128: 13.5 GB of weights + ~22 GB of fp16 KV cache, on the full card only
 T4_GEN_BATCH = 8  # batch 32 x 228 positions of fp16 KV cache (3.6 GiB) does not fit next to 12.6 GiB of weights
 # Goals missed, kept as measured allowances: each goal test asserts the figure that was measured (so a
 # regression fails) and says the goal it is held short of. Profiles in docs/perf/.
@@ -220,12 +221,17 @@ def _original_way(shape_dir, shape_fp16):
     ("way", "rounds"),
     [pytest.param(_merged_way("static", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-static-compiled"),
      pytest.param(_merged_way("dynamic", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-dynamic"),
+     # #12 asks for the larger batches' figures: the weights-only bound grows with the batch, the KV cache's
+     # reads (which it leaves out) too, so the share is expected to fall; what a bigger batch buys is the point.
+     *(pytest.param(_merged_way("static", batch, GEN_NEW_TOKENS), 3, id=f"merged-fp16-b{batch}-static-compiled")
+       for batch in LARGE_GEN_BATCHES),
      pytest.param(_merged_way("dynamic", 1, 32), 3, id="merged-fp16-b1-dynamic"),
      pytest.param(_original_way, 2, id="original-4bit-adapter-one-at-a-time-sampling")])
 def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, shape_fp16, shape_tokenizer,
                                  eval_prompts, generation_rates) -> None:
     model, gen, run = way(shape_dir, shape_fp16)
     prompts = generate.prompts_for(eval_prompts[: gen.batch_size if gen.batch_size > 1 else 2])
+    assert gen.batch_size == 1 or len(prompts) == gen.batch_size, f"{len(prompts)} prompts for {gen.batch_size}"
     benchmark.group = "generation-7b"
     torch.cuda.reset_peak_memory_stats()
     out = benchmark.pedantic(perf.synced(run), args=(shape_tokenizer, prompts), rounds=rounds, warmup_rounds=1,
@@ -233,9 +239,9 @@ def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, sha
     tokens = len(out) * gen.max_new_tokens  # min_new_tokens: every row decodes exactly this many
     bandwidth = perf.memory_bandwidth(torch.cuda.get_device_properties(0))
     info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **perf.peak()}
-    if bandwidth and gen.batch_size == GEN_BATCH:
+    if bandwidth and gen.batch_size > 1:
         info["bound_tokens_per_s"] = perf.decode_bound_tokens_per_s(perf.weight_bytes(shape_fp16), bandwidth,
-                                                                     GEN_BATCH)
+                                                                     gen.batch_size)
     if benchmark.stats:
         info["tokens_per_s"] = tokens / benchmark.stats.stats.mean
         if "bound_tokens_per_s" in info:
