@@ -95,15 +95,16 @@ log "gpu tests, real base: pytest -m gpu ${real[*]} $*"
 battery_part() {  # battery_part NAME PYTEST-ARGS...: one piece of the real-model battery, in the background
     local name=$1
     shift
-    "$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu-$name.xml" "$@" \
+    # Length-grouped batches vary in shape; without expandable segments each process's allocator keeps ~28 GiB.
+    # Set for the split's processes only: the tiny battery and the benchmarks run as in the unsplit mode.
+    PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}" \
+        "$PYTHON" -m pytest -m gpu ${real[@]+"${real[@]}"} --junitxml "$OUT_DIR/junit-gpu-$name.xml" "$@" \
         >"$OUT_DIR/gpu-$name.log" 2>&1 &
     parts+=("$name:$!")
 }
 rm -f "$OUT_DIR"/junit-gpu*.xml "$OUT_DIR"/gpu-*.log  # one mode's results only: a collector globs junit-*.xml
 if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
     parts=()
-    # Length-grouped batches vary in shape; without expandable segments each process's allocator keeps ~28 GiB.
-    export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
     trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a killed job must not leave pytest processes on the GPU
     # The generation identities compile a decode step per shape (minutes on SmolLM2): the training-side and the
     # model-side tests run apart, and wait on one training of the session's adapter through the cache's lock.
