@@ -93,6 +93,8 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
     batches = plan_batches(lengths, size, fill=cache == "static")
     decoding = _decoding(cfg, cache, max(lengths) + cfg.max_new_tokens)
+    if cache == "static":
+        _forget_cache_length(model)
     results: dict[int, Generation] = {}
     for batch in tqdm(batches, desc="generate", disable=not progress):
         chunk = [prompts[i] for i in batch]
@@ -173,6 +175,17 @@ def resolve_cache(setting: str, model) -> str:
     quantizer = getattr(model, "hf_quantizer", None)
     compileable = quantizer is None or getattr(quantizer, "is_compileable", False)
     return "static" if model.device.type == "cuda" and compileable else "dynamic"
+
+
+def _forget_cache_length(model) -> None:
+    """Let this call's static cache be its own length, not the longest this model object was ever given.
+
+    transformers sizes a new static cache to at least the longest earlier one (to spare a recompile), and attention
+    over a longer cache rounds otherwise: in bf16 an answer then depended on the object's earlier calls (SmolLM2,
+    H200, 12 seeded samples: 1 of 12 the same after a batch of longer prompts, 12 of 12 with the length
+    forgotten; ``scripts/gpu-measure.sh compile-history``)."""
+    for module in model.modules():  # a wrapper (peft) generates through the transformers model inside it
+        module.__dict__.pop("_previous_max_cache_length", None)
 
 
 def _decoding(cfg: GenerationConfig, cache: str, positions: int) -> dict[str, Any]:

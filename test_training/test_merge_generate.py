@@ -187,6 +187,28 @@ def test_length_sorted_batches_give_each_prompt_its_own_answer_in_order(exact_me
     assert [g.response for g in batched] == [g.response for g in single]
 
 
+def test_a_static_cache_is_sized_to_its_own_call_not_to_the_models_earlier_longer_one(merged_model, tokenizer,
+                                                                                     prompt_texts, monkeypatch):
+    from transformers import StaticCache
+
+    sizes = []
+    init = StaticCache.__init__
+
+    def recording(self, *args, **kwargs):
+        sizes.append(kwargs["max_cache_len"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticCache, "__init__", recording)
+    monkeypatch.setattr(merged_model.generation_config, "disable_compile", True)  # the cache is the point, not speed
+    by_length = sorted(prompt_texts[:8], key=lambda p: len(tokenizer(p)["input_ids"]))
+    short, long = by_length[0], by_length[-1]
+    cfg = GenerationConfig(max_new_tokens=8, cache="static")
+    for prompt in (long, short):
+        generate.generate(merged_model, tokenizer, [prompt], cfg)
+    assert sizes == [len(tokenizer(p)["input_ids"]) + 8 for p in (long, short)]
+    assert sizes[0] > sizes[1]  # the prompts differ in length, or the test shows nothing
+
+
 def test_generation_returns_only_new_text_with_token_counts(merged_model, tokenizer, prompt_texts):
     out = generate.generate(merged_model, tokenizer, prompt_texts[:3], GenerationConfig(max_new_tokens=8))
     for g in out:
