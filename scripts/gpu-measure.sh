@@ -18,6 +18,8 @@
 #                                           greedy answers of the 4-bit model, the judged model (base dequantised)
 #                                           and the merged one, eager and compiled (inductor with and without
 #                                           eager's bf16 rounding): same text, verdict agreement, seconds
+#   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
+#                                           decoded before, per compile setting (base model, 12 seeded samples)
 #   scripts/gpu-measure.sh sweep train|run TOML...
 #                                           recipe sweep: one `hearts train` (or `run`) per TOML, all at once
 #                                           (small-model training is host-bound: a process per config keeps
@@ -218,6 +220,77 @@ for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"),
 print(json.dumps(result))
 PY
     ;;
+compile-history)
+    step compile-history "$PY" - "$BASE" "$OUT_DIR" <<'PY'
+# Do a model's sampled answers depend on what the process (or the model object) decoded before? The base model
+# in the run's dtype, 4 eval prompts x 3 seeded samples (RowSampler), under each compile setting: A's first
+# call, A again after a batch of the 5 longest prompts (A's static cache keeps the longer length), A again with
+# that length forgotten (what remains is dynamo's history), and a fresh model B (same process).
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import CompileConfig
+
+from harness import cli, evaluation, generate, model
+from harness.commands import options
+
+base_name, out = sys.argv[1], Path(sys.argv[2])
+s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--out", str(out / "unused")]))
+resolved = model.resolve_base(s.train.base_model, s.artifacts)
+dtype, device = model.run_dtype(s.train), model.run_device(s.train)
+tok = model.load_tokenizer(resolved)
+prompts = evaluation.held_out_prompts(s.eval)
+drawn = [p for p in prompts[:4] for _ in range(3)]
+seeds = [generate.sample_seed(0, p, k) for p in prompts[:4] for k in range(3)]
+longest = sorted(prompts, key=len)[-5:]
+sampled = dataclasses.replace(s.generation, max_new_tokens=200, do_sample=True, temperature=0.9, top_p=0.9)
+greedy = dataclasses.replace(s.generation, max_new_tokens=200)
+
+
+def load(compile_config):
+    lm = model.load_base(resolved, dtype, None, device)
+    lm.generation_config.compile_config = compile_config
+    return lm
+
+
+def timed(lm, texts, cfg, seeds=None):
+    start = time.perf_counter()
+    got = [g.response for g in generate.generate(lm, tok, texts, cfg, seeds=seeds)]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return got, round(time.perf_counter() - start, 1)
+
+
+variants = {"transformers-default": ("static", None), "dynamic-true": ("static", CompileConfig(dynamic=True)),
+            "dynamic-false": ("static", CompileConfig(dynamic=False)), "eager": ("dynamic", None)}
+result, first = {}, {}
+for name, (cache, compile_config) in variants.items():
+    torch._dynamo.reset()
+    cfg, other = dataclasses.replace(sampled, cache=cache), dataclasses.replace(greedy, cache=cache)
+    a = load(compile_config)
+    a1, t1 = timed(a, drawn, cfg, seeds)
+    _, t_other = timed(a, longest, other)
+    a2, t2 = timed(a, drawn, cfg, seeds)
+    a.__dict__.pop("_previous_max_cache_length", None)
+    a3, t3 = timed(a, drawn, cfg, seeds)
+    b = load(compile_config)
+    b1, t4 = timed(b, drawn, cfg, seeds)
+    first[name] = a1
+    same = lambda x, y: sum(u == v for u, v in zip(x, y, strict=True))  # noqa: E731
+    result[name] = {"rows": len(drawn), "A_again_after_longer_batch": same(a1, a2),
+                    "A_again_cache_length_forgotten": same(a1, a3), "fresh_model_B": same(a1, b1),
+                    "same_as_transformers_default_first_call": same(a1, first["transformers-default"]),
+                    "seconds": {"A1": t1, "longest": t_other, "A2": t2, "A3": t3, "B1": t4}}
+    print(name, json.dumps(result[name]), flush=True)
+    del a, b
+    torch.cuda.empty_cache()
+(out / "compile-history.json").write_text(json.dumps(result, indent=1) + "\n")
+PY
+    ;;
 sweep)
     stage="${2:-}"
     shift 2 || true
@@ -261,7 +334,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold|decode-equivalence TOML | sweep train|run TOML..." >&2
+         "| eval-cold|decode-equivalence TOML | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
