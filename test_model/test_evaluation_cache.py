@@ -69,6 +69,12 @@ def test_sampled_answers_report_pass_k_and_each_regenerates_from_its_seed(run_se
                                                                           merged_dir, merged_model, tokenizer,
                                                                           compute_dtype):
     s = _settings(run_settings, max_prompts=4, samples=3, temperatures=(0.9, 1.3))
+    # Eager decoding (the default on CPU): with the compiled decode, answers drawn by another pytest process (the
+    # generation cache's) forked at the ~30th word from this process's regeneration, in bf16 on the H200 (twice,
+    # SmolLM2), though a fresh model object in one process reproduced all 12 (`gpu-measure.sh compile-history`;
+    # not explained: perhaps dynamo's recompile limit, after many shapes, sent one process to eager). Eager
+    # decoding reproduced them across every history there, so the seeds are what this test checks.
+    s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, cache="dynamic"))
     result = stage.evaluate(s, trained_adapter, merged_dir)
     blocks = result.report["sampled"]
     assert [b["temperature"] for b in blocks] == [0.9, 1.3] and all(b["samples"] == 3 for b in blocks)
