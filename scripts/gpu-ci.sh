@@ -14,12 +14,14 @@
 #   BENCH_MARGIN     relative change that counts as a regression (default: hearts bench's, 0.1)
 #   GPU_CI_ALLOW_CPU=1  run anyway without CUDA (to try the script; the gpu tests then skip)
 #   GPU_CI_SPLIT=1      run the real-model battery as parallel pytest processes: the data and training tests, the
-#                       model tests, one per extra training seed, the planted fault (six processes; with
-#                       expandable segments, set below, measured on the H200: ~4.5 min a seed, 72 GiB in
-#                       use at most; without them one SmolLM2 training reserves up to 28 GiB). The extra pytest
+#                       merge and generation tests, the model tests, one per extra training seed, the planted
+#                       fault (seven processes; with expandable segments, set below, measured on the H200 as
+#                       six, the generation tests among the training ones: ~4.5 min a seed, 72 GiB in use at
+#                       most; without them one SmolLM2 training reserves up to 28 GiB). The extra pytest
 #                       args must then not select tests (-k, paths): each process picks its own.
 #   GPU_CI_ENVELOPE=1   also run the 7B-shape envelope (minutes, ~30 GB of disk for the shape and its merge):
-#                       training/merge/generation under the T4 profile, then batch-32 generation on the full card
+#                       training/merge/generation under the T4 profile, then generation at batch 32, 64 and
+#                       128 on the full card
 #
 # Writes into OUT_DIR: environment.txt, junit-gpu.xml (split: junit-gpu-PART.xml and gpu-PART.log),
 # junit-bench.xml, bench-YYYYmmdd-HHMMSS.json (UTC) and, when an earlier bench JSON is there, bench-compare.md
@@ -106,9 +108,11 @@ rm -f "$OUT_DIR"/junit-gpu*.xml "$OUT_DIR"/gpu-*.log  # one mode's results only:
 if [ "${GPU_CI_SPLIT:-0}" = "1" ]; then
     parts=()
     trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a killed job must not leave pytest processes on the GPU
-    # The generation identities compile a decode step per shape (minutes on SmolLM2): the training-side and the
-    # model-side tests run apart, and wait on one training of the session's adapter through the cache's lock.
-    battery_part training test_data test_training "$@"
+    # The generation identities compile a decode step per shape (minutes on SmolLM2): they, the training-side and
+    # the model-side tests run apart (H200: 6.5, 3.3 and 8.1 min), and wait on one training of the session's
+    # adapter through the cache's lock.
+    battery_part training test_data test_training --ignore=test_training/test_merge_generate.py "$@"
+    battery_part generation test_training/test_merge_generate.py "$@"
     battery_part model test_model -k "not planted and not test_seeds" "$@"
     for seed in 1 2 3; do  # test_model/test_seeds.py's OTHER_SEEDS
         battery_part "seed$seed" test_model/test_seeds.py -k "cuda-$seed" "$@"
