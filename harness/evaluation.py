@@ -8,7 +8,10 @@ one left behind:
    agreement, and its logits on a few of those answers, the reference for the merge's logit fidelity;
 2. the merged model, the release: its greedy answers, its logits on the same inputs, and — with
    ``[eval] samples`` K > 0 — K seeded samples per prompt at each of ``[eval] temperatures``;
-3. the base model, the negative control: its answers, then its NLL of both answer sets (capability retention).
+3. the base model, the negative control: its answers, then its NLL of both answer sets (capability retention);
+4. with ``[eval] fp32_agreement`` N (a run computing in bf16 or fp16): the 4-bit model and the merge again, both
+   in fp32, on the first N prompts — the agreement the merge itself is answerable for, without the forks of
+   half-precision arithmetic.
 
 Answers and measurements come from the generation cache (``harness.answers``) when their inputs are unchanged,
 and a model is loaded only when something it must produce is missing: re-judging after a checker or gate
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from transformers import BatchEncoding
 
 SAMPLED = "sampled@"  # the name of a sampled answer set: SAMPLED + its temperature
+FP32 = ("adapter@fp32", "merged@fp32")  # the answer sets of the fp32 agreement: trained model, merge
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
 CONFIG_TABLES = ("train", "lora", "data", "merge", "generation", "eval")
 
@@ -123,7 +127,23 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
                                                **quant}}
     for temperature in s.eval.temperatures if s.eval.samples else ():
         keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
+    if _fp32_prompts(run):
+        in_fp32 = answers.identity(run.tokenizer, _fp32_prompts(run), s.generation, _fp32_train(s))
+        keys[FP32[0]] = {**in_fp32, "model": keys["adapter"]["model"]}
+        keys[FP32[1]] = {**in_fp32, "model": {**keys["adapter"]["model"], "merged_in_memory": s.merge.method}}
     return keys
+
+
+def _fp32_prompts(run: _Run) -> list[str]:
+    """The prompts of the fp32 agreement: none where it is off, has no 4-bit model, or the run is fp32 already."""
+    s = run.s
+    if not (s.eval.fp32_agreement and s.eval.with_adapter) or model.run_dtype(s.train) == torch.float32:
+        return []
+    return run.prompts[: s.eval.fp32_agreement]
+
+
+def _fp32_train(s: RunSettings):
+    return dataclasses.replace(s.train, compute_dtype="fp32")
 
 
 def _sampled_sets(names: Iterable[str]) -> dict[str, float]:
@@ -168,7 +188,24 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
                                                       [g.response for g in run.outputs["control"]])
         del lm
         _release_memory()
+    _answer_in_fp32(run)
     return measured
+
+
+def _answer_in_fp32(run: _Run) -> None:
+    """The fp32 agreement's answers: the 4-bit model as trained, then the merge made in memory, both in fp32."""
+    s, adapter = run.s, run.adapter
+    prompts = _fp32_prompts(run)
+    train32 = _fp32_train(s)
+    loads = {FP32[0]: lambda: merge.load_adapter_model(adapter.base, adapter.path, train32, torch.float32),
+             FP32[1]: lambda: merge.load_merged_in_memory(adapter.base, adapter.path, train32, torch.float32,
+                                                          method=s.merge.method)}
+    for name in FP32 if prompts else ():
+        if name not in run.outputs:
+            lm = loads[name]()
+            _answer(run, name, lm, (prompts, s.generation, None))
+            del lm
+            _release_memory()
 
 
 _Sampling = tuple[list[str], Any, list[int]]  # prompts (K per prompt), generation config, one seed per answer
@@ -222,6 +259,7 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
         config={name: dataclasses.asdict(getattr(s, name)) for name in CONFIG_TABLES},
         prompts=run.prompts, merged=run.outputs["merged"], control=run.outputs["control"],
         adapter=run.outputs.get("adapter"), fidelity=measured.get("fidelity"),
+        fp32=(run.outputs[FP32[0]], run.outputs[FP32[1]]) if FP32[0] in run.outputs else None,
         retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )

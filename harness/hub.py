@@ -192,6 +192,10 @@ def _merge_line(report: Mapping[str, Any]) -> str:
     if agreement:
         line += (f"; its verdicts agree with the trained 4-bit + adapter model on {agreement['k']}/{agreement['n']}"
                  f" prompts ({agreement['ci_low']:.3f}–{agreement['ci_high']:.3f})")
+        fp32 = agreement.get("fp32")
+        if fp32:
+            line += (f"; both computing in fp32, on {fp32['k']}/{fp32['n']} ({fp32['ci_low']:.3f}–"
+                     f"{fp32['ci_high']:.3f}), the same text on {fp32['same_text']}")
     return line
 
 

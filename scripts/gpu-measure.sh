@@ -7,8 +7,8 @@
 #   scripts/gpu-measure.sh run [SEED]       hearts run only (train, merge, judge, gate)
 #   scripts/gpu-measure.sh planted          hearts run with every training response moved to another prompt:
 #                                           the retention figures must catch the lost content
-#   scripts/gpu-measure.sh merge-fp32 [SEED]  the trained 4-bit model and the dequantised merge, both computing
-#                                           in fp32: verdict agreement and logits without bf16's rounding
+#   scripts/gpu-measure.sh merge-fp32 [SEED]  hearts eval with --fp32-agreement 316, for each merge method: the
+#                                           trained 4-bit model and the merge both computing in fp32 (report.json)
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
 #   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
@@ -78,39 +78,11 @@ planted)
     ;;
 merge-fp32)
     seed="${2:-42}"
-    step "merge-fp32-seed$seed" "$PY" - "$BASE" "$seed" "$OUT_DIR" <<'PY'
-import dataclasses
-import json
-import sys
-from pathlib import Path
-
-import torch
-
-from harness import config, evaluation, generate, merge, model, train
-from harness.report import judge
-
-base_name, seed, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-art = Path(".hearts-cache")
-cfg = config.train_config(base_name, seed=seed)
-adapter = train.adapter_for(art, cfg, config.LoraSettings(), config.data_config(base_name))
-fp32 = dataclasses.replace(cfg, compute_dtype="fp32")
-tok = model.load_tokenizer(adapter.path)
-prompts = evaluation.held_out_prompts(config.eval_config(base_name))
-gen = config.generation_config(base_name)
-trained = merge.load_adapter_model(adapter.base, adapter.path, fp32, torch.float32)
-a = generate.generate(trained, tok, prompts, gen)
-probe = evaluation._teacher_forced(tok, prompts, a)
-reference = merge.logits_on(trained, probe)
-del trained
-merged = merge.load_merged_in_memory(adapter.base, adapter.path, fp32, torch.float32, "dequantized").eval()
-m = generate.generate(merged, tok, prompts, gen)
-fidelity = merge.compare_logits(reference, merge.logits_on(merged, probe))
-va, vm = judge(a), judge(m)
-result = {"prompts": len(prompts), "verdict_agreement": sum(x.passed == y.passed for x, y in zip(va, vm)),
-          "same_text": sum(x.response == y.response for x, y in zip(a, m)), "logits": fidelity}
-(out / f"merge-fp32-seed{seed}.json").write_text(json.dumps(result, indent=2))
-print(json.dumps(result))
-PY
+    cfg=$(seed_config "$seed")
+    for method in dequantized original; do
+        step "merge-fp32-$method-seed$seed" "$PY" -m harness.cli eval --base-model "$BASE" --config "$cfg" \
+            --merge-method "$method" --fp32-agreement 316 --out "$OUT_DIR/merge-fp32-$method-seed$seed"
+    done
     ;;
 profile)
     step profile "$PY" - "$BASE" "$OUT_DIR" <<'PY'

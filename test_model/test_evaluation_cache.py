@@ -91,3 +91,47 @@ def test_sampled_answers_report_pass_k_and_each_regenerates_from_its_seed(run_se
         one = drawn[4]  # prompt 1, sample 1
         [alone] = generate.generate(merged_model, tokenizer, [one.prompt], cfg, seeds=[one.seed])
         assert alone.response == one.response
+
+
+def test_the_fp32_agreement_answers_the_4bit_model_and_the_merge_in_fp32_and_caches_them(
+        run_settings, trained_adapter, merged_dir, monkeypatch, tmp_path):
+    loads = []
+
+    def recorded(name):
+        real = getattr(merge, name)
+
+        def load(*args, **kwargs):
+            loads.append((name, args[3], kwargs.get("method")))  # args[3]: the dtype it computes in
+            return real(*args, **kwargs)
+        return load
+
+    for name in ("load_adapter_model", "load_merged_in_memory"):
+        monkeypatch.setattr(merge, name, recorded(name))
+    # A half-precision run with eager decoding: the plumbing is the point, not a compile. The CPU computes in
+    # fp32 only (model.compute_dtype refuses bf16 there), so the run's dtype is taken as given.
+    real_dtype = model.run_dtype
+    monkeypatch.setattr(model, "run_dtype",
+                        lambda cfg: torch.bfloat16 if cfg.compute_dtype == "bf16" else real_dtype(cfg))
+    s = _settings(run_settings, max_prompts=3, fp32_agreement=2)
+    s = dataclasses.replace(s, train=dataclasses.replace(s.train, compute_dtype="bf16"), artifacts=tmp_path,
+                            generation=dataclasses.replace(s.generation, cache="dynamic"))
+    first = stage.evaluate(s, trained_adapter, merged_dir)
+    assert set(first.generated) == {"adapter", "merged", "control", *stage.FP32}
+    assert loads == [("load_adapter_model", torch.bfloat16, None), ("load_adapter_model", torch.float32, None),
+                     ("load_merged_in_memory", torch.float32, s.merge.method)]
+    f = first.report["agreement"]["fp32"]
+    assert f["n"] == 2 and 0 <= f["same_text"] <= 2 and f["k"] <= 2
+    assert first.report["agreement"]["n"] == 3  # the run's own agreement stays on every prompt, in bf16
+    _forbid_models(monkeypatch)
+    again = stage.evaluate(s, trained_adapter, merged_dir)
+    assert again.generated == () and again.report["agreement"]["fp32"] == f
+
+
+def test_no_fp32_agreement_where_it_is_off_or_the_run_is_fp32_already(run_settings, trained_adapter, merged_dir,
+                                                                     compute_dtype):
+    s = _settings(run_settings, max_prompts=3)
+    assert "fp32" not in stage.evaluate(s, trained_adapter, merged_dir).report["agreement"]
+    if compute_dtype == torch.float32:  # the stand-in's runs: its agreement is already fp32's
+        on = _settings(run_settings, max_prompts=3, fp32_agreement=2)
+        result = stage.evaluate(on, trained_adapter, merged_dir)
+        assert "fp32" not in result.report["agreement"] and not set(stage.FP32) & set(result.generated)

@@ -57,6 +57,7 @@ CONFIGS = [
     ("eval-max-prompts-zero", "[eval]\nmax_prompts = 0\n", "EvalConfig.max_prompts"),
     ("eval-prompts-empty", "[eval]\nprompts = ''\n", "EvalConfig.prompts: expected a non-empty string"),
     ("eval-with-adapter-string", "[eval]\nwith_adapter = 'yes'\n", "EvalConfig.with_adapter: expected true/false"),
+    ("eval-fp32-agreement-negative", "[eval]\nfp32_agreement = -1\n", "EvalConfig.fp32_agreement: expected an integer"),
     ("generation-batch-zero", "[generation]\nbatch_size = 0\n", "GenerationConfig.batch_size"),
     ("generation-min-above-max", "[generation]\nmax_new_tokens = 8\nmin_new_tokens = 9\n", "min_new_tokens"),
     ("table-not-a-table", "train = 3\n", "[train] is not a table"),
@@ -201,6 +202,8 @@ CASES = [
     case("eval", "prompts-missing", lambda ws: ["eval", "--out", "r", "--prompts", "p.jsonl"], "no such file"),
     case("eval", "prompts-null-line", lambda ws: ["eval", "--out", "r", "--prompts", _null_line(ws)], "got null"),
     case("eval", "max-steps-zero", lambda ws: ["eval", "--out", "r", "--max-steps", "0"], "--max-steps 0"),
+    case("eval", "fp32-agreement-negative", lambda ws: ["eval", "--out", "r", "--fp32-agreement", "-2"],
+         "--fp32-agreement -2: expected an integer in [0,"),
     case("eval", "base-model-empty", lambda ws: ["eval", "--out", "r", "--base-model", " "], "argument --base-model"),
     # run
     case("run", "gate-config-missing", lambda ws: ["run", "--gate-config", "g.toml"], "g.toml: no such config file"),

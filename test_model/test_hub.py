@@ -19,7 +19,16 @@ from harness import hub
 from harness.checks import NAMES as CHECKS
 from harness.cli import main
 from harness.report import PLOTS, write_report
-from test_model.test_report import LOSS, N_PASSING, make_report, retention_rows, sampled_answers, set_rate
+from test_model.test_report import (
+    LOSS,
+    N_PASSING,
+    eval_prompts,
+    good_model,
+    make_report,
+    retention_rows,
+    sampled_answers,
+    set_rate,
+)
 
 TOKEN = "hf_SENTINELtoken0123456789abcdef"
 REPO = "hearts-lab/llama2-hearts"
@@ -181,6 +190,16 @@ def test_the_card_says_which_weights_were_merged_and_how_well_they_agree(release
     text = ModelCard.load(tmp_path / "stage" / "README.md").text
     assert "merge: into the dequantised NF4 base weights the adapter was trained against (`dequantized`)" in text
     assert "agree with the trained 4-bit + adapter model on 400/400 prompts" in text
+    assert "in fp32" not in text  # measured only with [eval] fp32_agreement
+
+
+def test_the_card_states_the_fp32_agreement_where_the_report_has_it(release, tmp_path):
+    prompts = eval_prompts(N_PASSING)
+    trained = good_model(prompts[:128])
+    write_report(release["report"].parent, make_report(adapter=True, fp32=(trained, good_model(prompts[:128], [5]))))
+    assert _upload(release, "--dry-run", str(tmp_path / "stage")) == 0
+    text = ModelCard.load(tmp_path / "stage" / "README.md").text
+    assert "both computing in fp32, on 127/128 (" in text and "the same text on 127" in text
 
 
 def test_a_report_without_a_merge_method_is_not_given_one(release, tmp_path, passing_report):

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.checks import NAMES as CHECKS
 from harness.errors import InputError
 from harness.generate import Generation
 from harness.prompts import build_prompt
 from harness.report import PLOTS, build_report, load_report, render_markdown, write_report
+from harness.report.schema import validate
 from harness.stats import wilson
 from harness.transform import HEARTS, sprinkle
 
@@ -166,6 +169,31 @@ def test_agreement_compares_the_adapter_verdicts_with_the_merged_ones():
 def test_without_adapter_generations_there_is_no_agreement_section():
     r = make_report(10)
     assert "agreement" not in r and "adapter" not in r
+
+
+FP32_PROMPTS = 12
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sets(st.integers(0, FP32_PROMPTS - 1), max_size=FP32_PROMPTS))
+def test_the_fp32_agreement_counts_the_first_prompts_whose_verdicts_and_text_match(fail):
+    prompts = eval_prompts(40)
+    trained, merged = good_model(prompts[:FP32_PROMPTS]), good_model(prompts[:FP32_PROMPTS], fail)
+    r = make_report(40, adapter=True, prompts=prompts, fp32=(trained, merged))
+    f = r["agreement"]["fp32"]
+    agree = FP32_PROMPTS - len(fail)
+    assert (f["k"], f["n"], f["same_text"]) == (agree, FP32_PROMPTS, agree)
+    assert f["mcnemar_single_emoji"]["b01"] == len(fail)  # the trained model passes where the merge fails
+    validate(r, "report")
+    assert f"both computing in fp32 (the first {FP32_PROMPTS} prompts): verdicts agree on {agree}/" in (
+        render_markdown(r))
+
+
+def test_fp32_answers_to_other_prompts_than_the_first_are_refused():
+    prompts = eval_prompts(40)
+    shifted = good_model(prompts[1 : FP32_PROMPTS + 1])
+    with pytest.raises(ValueError, match="fp32 adapter: generation 0 answers another prompt"):
+        make_report(40, adapter=True, prompts=prompts, fp32=(shifted, shifted))
 
 
 def test_every_prompt_has_a_sample_with_its_response_and_verdict(report):

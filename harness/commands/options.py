@@ -58,6 +58,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     add("--top-p", type=float, default=None, metavar="P", help="nucleus sampling's p (default: 0.9)")
     add("--deployment", action="store_true",
         help="judge as deployed: K=5 samples at temperature 0.9, top-p 0.9 (the notebook's), beside greedy")
+    add("--fp32-agreement", type=int, default=None, metavar="N",
+        help="also answer the first N prompts with the 4-bit model and the merge both in fp32: the merge's own "
+             "verdict agreement, without bf16's forks (default: 0, off)")
     add("--no-generation-cache", action="store_true",
         help="generate every answer again instead of reusing cached ones (default: reuse; --retrain implies it)")
 
@@ -65,6 +68,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     chosen = dict(DEPLOYMENT) if getattr(args, "deployment", False) else {}
     for key, value in (("samples", getattr(args, "samples", None)), ("top_p", getattr(args, "top_p", None)),
+                       ("fp32_agreement", getattr(args, "fp32_agreement", None)),
                        ("temperatures", tuple(args.temperature) if getattr(args, "temperature", None) else None)):
         if value is not None:
             chosen[key] = value

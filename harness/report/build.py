@@ -27,6 +27,7 @@ def build_report(
     control: Sequence[Generation],
     adapter: Sequence[Generation] | None = None,
     fidelity: Mapping[str, Any] | None = None,
+    fp32: tuple[Sequence[Generation], Sequence[Generation]] | None = None,
     retention: Sequence[Mapping[str, float]] | None = None,
     sampled: Mapping[float, tuple[int, Sequence[Generation]]] | None = None,
     training: Mapping[str, Any] | None = None,
@@ -35,6 +36,7 @@ def build_report(
     """The report dict of one evaluation: every generation judged, rates with Wilson intervals, samples.
 
     ``fidelity``: the merged model's logits against the 4-bit adapter model's (``merge.compare_logits``);
+    ``fp32``: the 4-bit adapter model's and the merge's answers to the first prompts, both computed in fp32;
     ``retention``: per-prompt figures of the merged answers against the base's (``retention.per_prompt``);
     ``sampled``: temperature -> (K, K answers per prompt, prompt-major) of the merged model.
     """
@@ -67,6 +69,8 @@ def build_report(
         report["agreement"] = _agreement(verdicts["merged"], verdicts["adapter"])
         if fidelity is not None:
             report["agreement"]["logits"] = _plain(dict(fidelity))
+        if fp32 is not None:
+            report["agreement"]["fp32"] = _fp32_agreement(prompts, *fp32)
     if retention is not None:
         if len(retention) != len(prompts):
             raise ValueError(f"retention: expected one row per prompt ({len(prompts)}), got {len(retention)}")
@@ -128,6 +132,16 @@ def _agreement(merged: Sequence[Verdict], adapter: Sequence[Verdict]) -> dict[st
     same = rate_of(m.passed == a.passed for m, a in zip(merged, adapter, strict=True))
     test = mcnemar_exact([m.single_emoji for m in merged], [a.single_emoji for a in adapter])
     return {**same.to_dict(), "mcnemar_single_emoji": {**test.to_dict(), "a": "merged", "b": "adapter"}}
+
+
+def _fp32_agreement(prompts: Sequence[str], adapter: Sequence[Generation], merged: Sequence[Generation]
+                    ) -> dict[str, Any]:
+    """The verdict agreement of the 4-bit model and the merge both computing in fp32, on the first prompts, and
+    how many of their answers are the very same text."""
+    for name, gens in (("fp32 adapter", adapter), ("fp32 merged", merged)):
+        _check_aligned(name, prompts[: len(adapter)], gens)
+    same_text = sum(m.response == a.response for m, a in zip(merged, adapter, strict=True))
+    return {**_agreement(judge(merged), judge(adapter)), "same_text": same_text}
 
 
 def _samples(gens: Sequence[Generation], verdicts: Sequence[Verdict],

@@ -47,6 +47,10 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = (), n_samp
             f = a["logits"]
             lines += [f"logits on {f['positions']} teacher-forced positions: relative L2 {f['rel_l2']:.3g}, "
                       f"top-1 token agreement {f['top1_agreement']:.3f}", ""]
+        if isinstance(a.get("fp32"), Mapping):
+            f = a["fp32"]
+            lines += [f"both computing in fp32 (the first {f['n']} prompts): verdicts agree on {f['k']}/{f['n']} "
+                      f"(interval {f['ci_low']:.3f}–{f['ci_high']:.3f}), the same text on {f['same_text']}", ""]
     if report.get("sampled"):
         lines += _sampled_section(report, plots)
     if report.get("retention"):

@@ -58,6 +58,8 @@ def validate(report: Any, src: str) -> None:
         _metrics_block(_field(adapter, "metrics", src, "adapter"), src, "adapter.metrics", ("single_emoji",))
     if "agreement" in r:
         _rate(r["agreement"], src, "agreement")
+        if "fp32" in r["agreement"]:
+            _rate(r["agreement"]["fp32"], src, "agreement.fp32")
     for key in ("training", "data"):
         if key in r:
             _obj(r[key], src, key)
