@@ -208,7 +208,7 @@ def _answer_in_fp32(run: _Run) -> None:
             _release_memory()
 
 
-_Sampling = tuple[list[str], Any, list[int]]  # prompts (K per prompt), generation config, one seed per answer
+_Sampling = tuple[list[str], Any, list[int] | None]  # prompts, generation config, a seed per answer (None: greedy)
 
 
 def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None) -> None:
