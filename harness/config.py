@@ -245,12 +245,17 @@ class EvalConfig:
     # The merge's own agreement: the first N prompts answered again by the 4-bit model and by the merge, both
     # computing in fp32, so the forks of bf16 arithmetic do not count against the merge (0: off; nothing to do
     # where the run computes in fp32 already). SmolLM2 on the H200: 128 of 128 verdicts in fp32, 283-296 of 316
-    # in bf16. Costs two more generations, the merge's in fp32 (4 bytes a parameter: a small model's check).
+    # in bf16. Costs two more generations, eager, and an fp32 copy (4 bytes a parameter: a small model's check).
     fp32_agreement: int = 0
+
+    def _fp32_agreement_rule(self, value: Any) -> str | None:
+        if (problem := _int_in(0)(value)) is not None or value == 0 or self.with_adapter:
+            return problem
+        return "0 without the 4-bit adapter model (with_adapter = false): it is one of the two compared"
 
     def __post_init__(self) -> None:
         _check(self, {"prompts": _text(), "max_prompts": _int_in(1, optional=True), "samples": _int_in(0, 64),
-                      "fp32_agreement": _int_in(0),
+                      "fp32_agreement": self._fp32_agreement_rule,
                       "top_p": _number_in(0, 1, open_low=True), "temperatures": _temperatures})
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness import answers, cache, data, distributed, generate, merge, model, retention
-from harness.config import EvalConfig, RunSettings
+from harness.config import EvalConfig, GenerationConfig, RunSettings, TrainConfig
 from harness.generate import Generation
 from harness.report import build_report
 from harness.train import METRICS, TrainedAdapter
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from transformers import BatchEncoding
 
 SAMPLED = "sampled@"  # the name of a sampled answer set: SAMPLED + its temperature
-FP32 = ("adapter@fp32", "merged@fp32")  # the answer sets of the fp32 agreement: trained model, merge
+FP32_ADAPTER, FP32_MERGED = "adapter@fp32", "merged@fp32"  # the answer sets of the fp32 agreement
+MEASURED_SETS = ("adapter", "merged", "control")  # the answer sets the measurements are made on
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
 CONFIG_TABLES = ("train", "lora", "data", "merge", "generation", "eval")
 
@@ -89,7 +90,9 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report."""
     run = _Run(s, adapter, merged_dir, model.load_tokenizer(adapter.path), held_out_prompts(s.eval), progress)
     run.keys = _identities(run)
-    measure_key = {"answers": {name: cache.cache_key(key) for name, key in run.keys.items()},
+    # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
+    # agreement must not measure again.
+    measure_key = {"answers": {name: cache.cache_key(run.keys[name]) for name in MEASURED_SETS if name in run.keys},
                    "fidelity_prompts": FIDELITY_PROMPTS}
     # Rank 0 reads the cache for all ranks: a concurrent run completing an entry between two ranks' lookups
     # would send them down different paths (and into different collectives).
@@ -127,10 +130,10 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
                                                **quant}}
     for temperature in s.eval.temperatures if s.eval.samples else ():
         keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
-    if _fp32_prompts(run):
-        in_fp32 = answers.identity(run.tokenizer, _fp32_prompts(run), s.generation, _fp32_train(s))
-        keys[FP32[0]] = {**in_fp32, "model": keys["adapter"]["model"]}
-        keys[FP32[1]] = {**in_fp32, "model": {**keys["adapter"]["model"], "merged_in_memory": s.merge.method}}
+    if prompts := _fp32_prompts(run):
+        in_fp32 = answers.identity(run.tokenizer, prompts, _fp32_generation(s), _fp32_train(s))
+        keys[FP32_ADAPTER] = {**in_fp32, "model": keys["adapter"]["model"]}
+        keys[FP32_MERGED] = {**in_fp32, "model": {**keys["adapter"]["model"], "merged_in_memory": s.merge.method}}
     return keys
 
 
@@ -142,8 +145,15 @@ def _fp32_prompts(run: _Run) -> list[str]:
     return run.prompts[: s.eval.fp32_agreement]
 
 
-def _fp32_train(s: RunSettings):
+def _fp32_train(s: RunSettings) -> TrainConfig:
+    """The run's training config computing in fp32: what both models of the fp32 agreement load with."""
     return dataclasses.replace(s.train, compute_dtype="fp32")
+
+
+def _fp32_generation(s: RunSettings) -> GenerationConfig:
+    """Eager decoding for both: a compiled step rounds otherwise than eager kernels (the 4-bit model is eager),
+    and an fp32 compile would cost more than the decoding (SmolLM2, H200: ~34 s)."""
+    return dataclasses.replace(s.generation, cache="dynamic")
 
 
 def _sampled_sets(names: Iterable[str]) -> dict[str, float]:
@@ -196,16 +206,19 @@ def _answer_in_fp32(run: _Run) -> None:
     """The fp32 agreement's answers: the 4-bit model as trained, then the merge made in memory, both in fp32."""
     s, adapter = run.s, run.adapter
     prompts = _fp32_prompts(run)
-    train32 = _fp32_train(s)
-    loads = {FP32[0]: lambda: merge.load_adapter_model(adapter.base, adapter.path, train32, torch.float32),
-             FP32[1]: lambda: merge.load_merged_in_memory(adapter.base, adapter.path, train32, torch.float32,
-                                                          method=s.merge.method)}
-    for name in FP32 if prompts else ():
-        if name not in run.outputs:
-            lm = loads[name]()
-            _answer(run, name, lm, (prompts, s.generation, None))
-            del lm
-            _release_memory()
+    if not prompts:
+        return
+    train32, cfg = _fp32_train(s), _fp32_generation(s)
+    if FP32_ADAPTER not in run.outputs:
+        lm = merge.load_adapter_model(adapter.base, adapter.path, train32, torch.float32)
+        _answer(run, FP32_ADAPTER, lm, (prompts, cfg, None))
+        del lm
+        _release_memory()
+    if FP32_MERGED not in run.outputs:
+        lm = merge.load_merged_in_memory(adapter.base, adapter.path, train32, torch.float32, method=s.merge.method)
+        _answer(run, FP32_MERGED, lm, (prompts, cfg, None))
+        del lm
+        _release_memory()
 
 
 _Sampling = tuple[list[str], Any, list[int] | None]  # prompts, generation config, a seed per answer (None: greedy)
@@ -259,7 +272,7 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
         config={name: dataclasses.asdict(getattr(s, name)) for name in CONFIG_TABLES},
         prompts=run.prompts, merged=run.outputs["merged"], control=run.outputs["control"],
         adapter=run.outputs.get("adapter"), fidelity=measured.get("fidelity"),
-        fp32=(run.outputs[FP32[0]], run.outputs[FP32[1]]) if FP32[0] in run.outputs else None,
+        fp32=(run.outputs[FP32_ADAPTER], run.outputs[FP32_MERGED]) if FP32_ADAPTER in run.outputs else None,
         retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )

@@ -8,8 +8,10 @@ Speed (judging is most of a run's GPU time): prompts are sorted by length so a b
 batch holds as many prompts as the free memory's KV cache allows (all of them for a small model), every batch
 has the same size (the last is filled with repeats, whose answers are dropped) and one cache length, and the
 KV cache is static, so transformers compiles the decode step once (CUDA graphs) and every batch — and the next
-model of the same architecture — reuses it. A 4-bit model is not compileable; it decodes eagerly, in as few
-batches as memory allows. Generation stops when every row has reached EOS.
+model of the same architecture — reuses it. The cache is sized to its call (``_forget_cache_length``), so a call
+of another length compiles again: the price of answers that depend only on their call. A 4-bit model is not
+compileable; it decodes eagerly, in as few batches as memory allows. Generation stops when every row has reached
+EOS.
 
 The compiled step rounds differently from eager kernels. On the stand-in, greedy text is the same either way
 (tested). On SmolLM2 in bf16 (H200), the compiled decode matched the eager text on 127 of 316 prompts, while
@@ -54,7 +56,7 @@ class Generation:
     response: str
     new_tokens: int
     terminated: bool  # EOS reached within max_new_tokens
-    seed: int | None = None  # sampled: its own seed; its batch's prompts and seeds give it again (fp32: alone too)
+    seed: int | None = None  # sampled: its own seed; its call's prompts and seeds give it again (fp32: alone too)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

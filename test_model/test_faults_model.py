@@ -58,6 +58,8 @@ CONFIGS = [
     ("eval-prompts-empty", "[eval]\nprompts = ''\n", "EvalConfig.prompts: expected a non-empty string"),
     ("eval-with-adapter-string", "[eval]\nwith_adapter = 'yes'\n", "EvalConfig.with_adapter: expected true/false"),
     ("eval-fp32-agreement-negative", "[eval]\nfp32_agreement = -1\n", "EvalConfig.fp32_agreement: expected an integer"),
+    ("eval-fp32-agreement-no-adapter", "[eval]\nwith_adapter = false\nfp32_agreement = 4\n",
+     "EvalConfig.fp32_agreement: expected 0 without the 4-bit adapter model"),
     ("generation-batch-zero", "[generation]\nbatch_size = 0\n", "GenerationConfig.batch_size"),
     ("generation-min-above-max", "[generation]\nmax_new_tokens = 8\nmin_new_tokens = 9\n", "min_new_tokens"),
     ("table-not-a-table", "train = 3\n", "[train] is not a table"),

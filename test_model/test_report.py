@@ -189,11 +189,27 @@ def test_the_fp32_agreement_counts_the_first_prompts_whose_verdicts_and_text_mat
         render_markdown(r))
 
 
-def test_fp32_answers_to_other_prompts_than_the_first_are_refused():
+@pytest.mark.parametrize(("which", "error"), [("adapter", "fp32 adapter: generation 0 answers another prompt"),
+                                               ("merged", "fp32 merged: generation 0 answers another prompt"),
+                                               ("short", "fp32 merged: expected one generation per prompt")])
+def test_fp32_answers_to_other_prompts_than_the_first_are_refused(which, error):
     prompts = eval_prompts(40)
-    shifted = good_model(prompts[1 : FP32_PROMPTS + 1])
-    with pytest.raises(ValueError, match="fp32 adapter: generation 0 answers another prompt"):
-        make_report(40, adapter=True, prompts=prompts, fp32=(shifted, shifted))
+    first, shifted = good_model(prompts[:FP32_PROMPTS]), good_model(prompts[1 : FP32_PROMPTS + 1])
+    pair = {"adapter": (shifted, first), "merged": (first, shifted), "short": (first, first[:-1])}[which]
+    with pytest.raises(ValueError, match=error):
+        make_report(40, adapter=True, prompts=prompts, fp32=pair)
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda f: f.pop("same_text"), "agreement.fp32.same_text is missing"),
+    (lambda f: f.update(same_text=13), "agreement.fp32.same_text = 13 is more than its n = 12"),
+])
+def test_a_report_whose_fp32_agreement_is_incomplete_is_refused(change, error):
+    prompts = eval_prompts(40)
+    r = make_report(40, adapter=True, prompts=prompts, fp32=(good_model(prompts[:FP32_PROMPTS]),) * 2)
+    change(r["agreement"]["fp32"])
+    with pytest.raises(InputError, match=error):
+        validate(r, "report")
 
 
 def test_every_prompt_has_a_sample_with_its_response_and_verdict(report):

@@ -59,13 +59,21 @@ def validate(report: Any, src: str) -> None:
     if "agreement" in r:
         _rate(r["agreement"], src, "agreement")
         if "fp32" in r["agreement"]:
-            _rate(r["agreement"]["fp32"], src, "agreement.fp32")
+            _fp32_agreement(r["agreement"]["fp32"], src)
     for key in ("training", "data"):
         if key in r:
             _obj(r[key], src, key)
     samples = _samples_block(_field(r, "samples", src, ""), src, "samples")
     if len(samples) != n:
         raise InputError(f"{src}: samples has {len(samples)} entries but metrics.single_emoji.n is {n}")
+
+
+def _fp32_agreement(value: Any, src: str) -> None:
+    """The fp32 agreement: a rate, and how many of its n answer pairs are the same text."""
+    n = _rate(value, src, "agreement.fp32")
+    same = _count(_field(value, "same_text", src, "agreement.fp32"), src, "agreement.fp32.same_text")
+    if same > n:
+        raise InputError(f"{src}: agreement.fp32.same_text = {same} is more than its n = {n}")
 
 
 def _join(at: str, key: str) -> str:
