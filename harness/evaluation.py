@@ -138,9 +138,10 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
 
 
 def _fp32_prompts(run: _Run) -> list[str]:
-    """The prompts of the fp32 agreement: none where it is off, has no 4-bit model, or the run is fp32 already."""
+    """The prompts of the fp32 agreement: none where it is off or the run is fp32 already (EvalConfig refuses it
+    without the 4-bit model)."""
     s = run.s
-    if not (s.eval.fp32_agreement and s.eval.with_adapter) or model.run_dtype(s.train) == torch.float32:
+    if not s.eval.fp32_agreement or model.run_dtype(s.train) == torch.float32:
         return []
     return run.prompts[: s.eval.fp32_agreement]
 
@@ -209,16 +210,15 @@ def _answer_in_fp32(run: _Run) -> None:
     if not prompts:
         return
     train32, cfg = _fp32_train(s), _fp32_generation(s)
-    if FP32_ADAPTER not in run.outputs:
-        lm = merge.load_adapter_model(adapter.base, adapter.path, train32, torch.float32)
-        _answer(run, FP32_ADAPTER, lm, (prompts, cfg, None))
-        del lm
-        _release_memory()
-    if FP32_MERGED not in run.outputs:
-        lm = merge.load_merged_in_memory(adapter.base, adapter.path, train32, torch.float32, method=s.merge.method)
-        _answer(run, FP32_MERGED, lm, (prompts, cfg, None))
-        del lm
-        _release_memory()
+    loads = {FP32_ADAPTER: lambda: merge.load_adapter_model(adapter.base, adapter.path, train32, torch.float32),
+             FP32_MERGED: lambda: merge.load_merged_in_memory(adapter.base, adapter.path, train32, torch.float32,
+                                                              method=s.merge.method)}
+    for name, load in loads.items():
+        if name not in run.outputs:  # one model at a time, dropped before the next
+            lm = load()
+            _answer(run, name, lm, (prompts, cfg, None))
+            del lm
+            _release_memory()
 
 
 _Sampling = tuple[list[str], Any, list[int] | None]  # prompts, generation config, a seed per answer (None: greedy)
