@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness import answers, cache, data, distributed, generate, merge, model, retention
+from harness import answers, cache, data, distributed, generate, merge, model, overlap, retention
 from harness.config import EvalConfig, GenerationConfig, RunSettings, TrainConfig
 from harness.generate import Generation
 from harness.report import build_report
@@ -79,7 +79,7 @@ class _Run:
     keys: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     outputs: dict[str, list[Generation]] = dataclasses.field(default_factory=dict)
     generated: list[str] = dataclasses.field(default_factory=list)
-    timing: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
+    timing: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
 
     @property
     def use_cache(self) -> bool:
@@ -169,38 +169,99 @@ def _sampling(s: RunSettings, temperature: float) -> dict[str, Any]:
 def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     """Load each model that must produce something (answers not cached, or measurements); returns the
     measurements when ``need_measure``."""
-    s, dtype, device = run.s, model.run_dtype(run.s.train), model.run_device(run.s.train)
     measured: dict[str, Any] = {}
-    probe = reference = None
-    if "adapter" in run.keys and ("adapter" not in run.outputs or need_measure):
-        lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, dtype)
-        _answer(run, "adapter", lm)
-        if need_measure:
-            probe = _teacher_forced(run.tokenizer, run.prompts, run.outputs["adapter"])
-            reference = merge.logits_on(lm, probe)
-        del lm
-        _release_memory()
-    sampled = _sampled_sets(run.keys)
-    if any(k not in run.outputs for k in ("merged", *sampled)) or (need_measure and reference is not None):
-        lm = merge.load_merged(run.merged_dir, dtype, device)
-        _answer(run, "merged", lm)
-        for key, temperature in sampled.items():
-            _answer(run, key, lm, _samples(run, temperature))
-        if need_measure and probe is not None and reference is not None:
-            measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, probe))
-        del lm, reference
-        _release_memory()
+    wants_adapter = "adapter" in run.keys and ("adapter" not in run.outputs or need_measure)
+    beside = _start_beside(run, need_measure) if wants_adapter else None
+    try:
+        reference = _adapter_here(run, need_measure) if wants_adapter and beside is None else None
+        if any(k not in run.outputs for k in ("merged", *_sampled_sets(run.keys))) or (need_measure and wants_adapter):
+            _merged_answers(run, beside, reference, measured)
+    finally:
+        if beside is not None:  # the parent failed: the child finishes its answers and exits
+            beside.pool.shutdown(wait=False, cancel_futures=True)
     if "control" not in run.outputs or need_measure:
-        lm = model.load_base(run.adapter.base, dtype, s.train.revision, device)
-        _answer(run, "control", lm)
-        if need_measure:
-            measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
-                                                      [g.response for g in run.outputs["merged"]],
-                                                      [g.response for g in run.outputs["control"]])
-        del lm
-        _release_memory()
+        _control_answers(run, measured, need_measure)
     _answer_in_fp32(run)
     return measured
+
+
+def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
+    """The 4-bit model's answers in this process; returns its logits for the fidelity when ``need_measure``."""
+    s = run.s
+    lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train))
+    _answer(run, "adapter", lm)
+    reference = merge.logits_on(lm, _teacher_forced(run)) if need_measure else None
+    del lm
+    _release_memory()
+    return reference
+
+
+def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor | None,
+                    measured: dict[str, Any]) -> None:
+    """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
+    s = run.s
+    lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
+    # Side by side, in the batch the plan was made for (the free memory the child leaves would choose another).
+    _answer(run, "merged", lm, None if beside is None else (run.prompts, beside.generation, None))
+    if beside is not None:
+        reference = _collect_beside(run, beside)
+    for key, temperature in _sampled_sets(run.keys).items():  # after the child: its memory would shrink batches
+        _answer(run, key, lm, _samples(run, temperature))
+    if reference is not None:
+        measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
+    del lm, reference
+    _release_memory()
+
+
+def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) -> None:
+    """The base model's answers (the negative control), then its NLL of both answer sets (retention)."""
+    s = run.s
+    lm = model.load_base(run.adapter.base, model.run_dtype(s.train), s.train.revision, model.run_device(s.train))
+    _answer(run, "control", lm)
+    if need_measure:
+        measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
+                                                  [g.response for g in run.outputs["merged"]],
+                                                  [g.response for g in run.outputs["control"]])
+    del lm
+    _release_memory()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Beside:
+    """The 4-bit model answering in a child process (``harness.overlap``), and the batch both models use."""
+
+    pool: Any
+    future: Any
+    generation: GenerationConfig
+
+
+def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
+    """The 4-bit model's answers started in a child process, where ``[eval] overlap`` allows it and it changes
+    no answer (``overlap.planned_batch``); None: it answers here, before the merged model."""
+    s = run.s
+    if not s.eval.overlap or "adapter" in run.outputs or "merged" in run.outputs:
+        return None  # nothing to overlap: the other model has its answers already
+    dtype, device = model.run_dtype(s.train), model.run_device(s.train)
+    batch = overlap.planned_batch(run.merged_dir, run.tokenizer, run.prompts, s.generation, device, dtype)
+    if batch is None:
+        return None
+    cfg = dataclasses.replace(s.generation, batch_size=batch)
+    pool, future = overlap.start(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts, cfg,
+                                 FIDELITY_PROMPTS if need_measure else 0)
+    return _Beside(pool, future, cfg)
+
+
+def _collect_beside(run: _Run, beside: _Beside) -> torch.Tensor | None:
+    """The child's answers, kept like any answer set; returns its logits for the fidelity (None: not asked)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        made, reference, seconds = beside.future.result()
+    except BrokenProcessPool as err:
+        raise RuntimeError(f"the 4-bit model's process died before answering ({err}); [eval] overlap = false "
+                           "answers with one model after the other") from err
+    _keep(run, "adapter", made, seconds, beside="merged")
+    return reference
 
 
 def _answer_in_fp32(run: _Run) -> None:
@@ -243,9 +304,16 @@ def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None) -> None
     made = distributed.sharded(produce, len(prompts))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    _keep(run, name, made, time.perf_counter() - start)
+
+
+def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: str | None = None) -> None:
+    """``name``'s answers, generated now in ``seconds`` (``beside``: alongside that set's, in another process),
+    into the run and the cache."""
     tokens = sum(g.new_tokens for g in made)
-    run.timing[name] = {"seconds": round(seconds, 3), "new_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+    timing: dict[str, Any] = {"seconds": round(seconds, 3), "new_tokens": tokens,
+                              "tokens_per_s": round(tokens / seconds, 1)}
+    run.timing[name] = timing | ({"beside": beside} if beside else {})
     run.outputs[name] = made
     run.generated.append(name)
     if run.use_cache:
@@ -281,11 +349,10 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
                       sampled, report, tuple(run.generated))
 
 
-def _teacher_forced(tokenizer, prompts: list[str], answered: list[Generation]) -> BatchEncoding:
-    """The first few prompts with the trained model's own answers, right-padded, for the logit comparison."""
-    tokenizer.padding_side = "right"
-    texts = [p + g.response for p, g in zip(prompts[:FIDELITY_PROMPTS], answered, strict=False)]
-    return tokenizer(texts, return_tensors="pt", padding=True)
+def _teacher_forced(run: _Run) -> BatchEncoding:
+    """The first few prompts with the 4-bit model's own answers: the inputs of the logit comparison."""
+    return merge.teacher_forced(run.tokenizer, run.prompts[:FIDELITY_PROMPTS],
+                                [g.response for g in run.outputs["adapter"]])
 
 
 def _release_memory() -> None:

@@ -13,6 +13,7 @@ as safetensors (sharded when large) with the tokenizer, loadable with stock ``fr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,6 +131,13 @@ def merged_for(artifacts: Path, adapter: Path, base: Path | str, cfg: TrainConfi
     path, _ = cache.cached(artifacts, "merged", material,
                            lambda tmp: merge(base, adapter, tmp, cfg, dtype, method))
     return path
+
+
+def teacher_forced(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> BatchEncoding:
+    """Each prompt followed by its answer (the trained model's own), right-padded, for a logit comparison; as
+    many as there are prompts."""
+    tokenizer.padding_side = "right"
+    return tokenizer([p + r for p, r in zip(prompts, responses, strict=False)], return_tensors="pt", padding=True)
 
 
 @torch.inference_mode()

@@ -41,5 +41,9 @@ def timing_line(report: dict[str, Any]) -> str:
     timing = report.get("generation_timing") or {}
     if not timing:
         return "generation: every answer set came from the cache"
-    parts = [f"{name} {t['seconds']:.1f} s ({t['tokens_per_s']:,.0f} new tok/s)" for name, t in timing.items()]
-    return f"generation: {', '.join(parts)}; total {sum(t['seconds'] for t in timing.values()):.1f} s"
+    parts = [f"{name} {t['seconds']:.1f} s ({t['tokens_per_s']:,.0f} new tok/s"
+             + (f", beside {t['beside']} in another process)" if "beside" in t else ")") for name, t in timing.items()]
+    # Side by side, two sets' seconds overlap: their sum is work done, not time waited.
+    total = sum(t["seconds"] for t in timing.values())
+    return f"generation: {', '.join(parts)}; total {total:.1f} s" + (" of generation work" if any(
+        "beside" in t for t in timing.values()) else "")

@@ -13,7 +13,8 @@
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
 #   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
 #   scripts/gpu-measure.sh eval-cold TOML   hearts eval of TOML's (trained, cached) adapter with no cached
-#                                           answers and an empty compile cache: what a fresh runner's judging costs
+#                                           answers and an empty compile cache: what a fresh runner's judging costs,
+#                                           with the 4-bit model answering before the merged one, then beside it
 #   scripts/gpu-measure.sh decode-equivalence TOML
 #                                           greedy answers of the 4-bit model, the judged model (base dequantised)
 #                                           and the merged one, eager and compiled (inductor with and without
@@ -126,8 +127,16 @@ envelope)
         --junitxml "$OUT_DIR/junit-envelope.xml" "$@"
     ;;
 eval-cold)
-    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step eval-cold "$PY" -m harness.cli eval --base-model "$BASE" \
-        --config "${2:?eval-cold: a TOML}" --no-generation-cache --out "$OUT_DIR/eval-cold"
+    toml="${2:?eval-cold: a TOML}"
+    # Trained and merged into the cache first, so the two evaluations below time judging alone.
+    step eval-cold-merge "$PY" -m harness.cli merge --base-model "$BASE" --config "$toml"
+    # Side by side in one call: the 4-bit model before the merged one, then beside it in a child process.
+    for mode in serial overlap; do
+        flags=(--no-generation-cache)
+        if [ "$mode" = serial ]; then flags+=(--no-overlap); fi
+        TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step "eval-cold-$mode" "$PY" -m harness.cli eval --base-model "$BASE" \
+            --config "$toml" "${flags[@]}" --out "$OUT_DIR/eval-cold-$mode"
+    done
     ;;
 decode-equivalence)
     step decode-equivalence "$PY" - "$BASE" "${2:?decode-equivalence: a TOML}" "$OUT_DIR" <<'PY'

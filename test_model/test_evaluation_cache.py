@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from harness import answers, generate, merge, model
+from harness import answers, generate, merge, model, overlap
 from harness import evaluation as stage
 
 
@@ -144,3 +144,42 @@ def test_no_fp32_agreement_where_it_is_off_or_the_run_is_fp32_already(run_settin
         result = stage.evaluate(on, trained_adapter, merged_dir)
         assert "fp32" not in result.report["agreement"]
         assert not {stage.FP32_ADAPTER, stage.FP32_MERGED} & set(result.generated)
+
+
+def _beside_everywhere(monkeypatch, device):
+    """On CPU, where the planner never overlaps, the 4-bit model is sent to a child process anyway, in the batch a
+    serial CPU run would use; on CUDA the planner decides, and this session's small models fit."""
+    if device == "cpu":
+        monkeypatch.setattr(overlap, "planned_batch",
+                            lambda merged_dir, tokenizer, prompts, *rest: min(generate.CPU_BATCH, len(prompts)))
+
+
+def test_the_4bit_model_answering_in_a_child_process_gives_the_serial_answers_and_fidelity(
+        run_settings, trained_adapter, merged_dir, monkeypatch, device):
+    s = _settings(run_settings, max_prompts=4, generation_cache=False)
+    serial = stage.evaluate(_settings(s, overlap=False), trained_adapter, merged_dir)
+    _beside_everywhere(monkeypatch, device)
+    beside = stage.evaluate(s, trained_adapter, merged_dir)
+    assert beside.report["generation_timing"]["adapter"]["beside"] == "merged"  # it did run in the child
+    assert "beside" not in serial.report["generation_timing"]["adapter"]
+    assert beside.adapter == serial.adapter and beside.merged == serial.merged
+    for key in ("metrics", "agreement", "retention"):  # the fidelity's logits came back from the child too
+        assert beside.report[key] == serial.report[key], key
+    # Not equal by emptiness: the 4-bit model's answers are its own, not the base's.
+    assert [g.response for g in beside.adapter] != [g.response for g in beside.control]
+
+
+def test_an_adapter_the_child_cannot_load_is_the_one_line_error_of_one_process(
+        run_settings, trained_adapter, merged_dir, monkeypatch, device, tmp_path):
+    import json
+    import shutil
+
+    from harness.errors import InputError
+
+    broken = shutil.copytree(trained_adapter.path, tmp_path / "adapter")
+    config = json.loads((broken / "adapter_config.json").read_text())
+    (broken / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # wrong shapes
+    s = _settings(run_settings, max_prompts=2, generation_cache=False)
+    _beside_everywhere(monkeypatch, device)
+    with pytest.raises(InputError, match=rf"adapter {broken}: was made for another base model"):
+        stage.evaluate(s, dataclasses.replace(trained_adapter, path=broken), merged_dir)

@@ -58,6 +58,7 @@ CONFIGS = [
     ("eval-prompts-empty", "[eval]\nprompts = ''\n", "EvalConfig.prompts: expected a non-empty string"),
     ("eval-with-adapter-string", "[eval]\nwith_adapter = 'yes'\n", "EvalConfig.with_adapter: expected true/false"),
     ("eval-fp32-agreement-negative", "[eval]\nfp32_agreement = -1\n", "EvalConfig.fp32_agreement: expected an integer"),
+    ("eval-overlap-string", "[eval]\noverlap = 'auto'\n", "EvalConfig.overlap: expected true/false"),
     ("eval-fp32-agreement-no-adapter", "[eval]\nwith_adapter = false\nfp32_agreement = 4\n",
      "EvalConfig.fp32_agreement: expected 0 without the 4-bit adapter model"),
     ("generation-batch-zero", "[generation]\nbatch_size = 0\n", "GenerationConfig.batch_size"),

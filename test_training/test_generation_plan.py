@@ -103,3 +103,32 @@ def test_a_broken_character_the_model_made_is_kept(tiny_tokenizer):
     assert not answer_text([*ids, byte], tiny_tokenizer, cut=True).endswith(REPLACEMENT)  # the budget's cut
     stray = tiny_tokenizer.convert_tokens_to_ids("<0x9F>")  # a lone continuation byte: the model's
     assert answer_text([*ids, stray, byte], tiny_tokenizer, cut=True) == tiny_tokenizer.decode([*ids, stray])
+
+
+# --- the 4-bit model beside the merged one (harness.overlap) ---------------------------------------------------
+
+@given(st.integers(0, 2**40), st.integers(0, 2**36), st.integers(1, 2**24), st.integers(1, 5000),
+       st.floats(0, 1))
+def test_side_by_side_only_where_a_serial_run_would_batch_every_prompt_at_once_too(free, weights, per_row, n, share):
+    from harness.generate import KV_MEMORY_SHARE
+    from harness.overlap import overlap_batch
+
+    size = overlap_batch(free, weights, per_row, n)
+    if size is None:  # refused only where both models and their caches would not fit
+        assert 2 * weights + 2 * n * per_row > KV_MEMORY_SHARE * free
+        return
+    assert size == n
+    # Serially each model is alone with its weights (the 4-bit one's at most the merged one's): one batch too.
+    loaded = int(weights * share)
+    assert fitting_batch(KV_MEMORY_SHARE * (free - loaded), per_row, n) == n
+
+
+def test_side_by_side_fits_smollm2_on_an_h200_and_not_a_7b_on_a_t4():
+    from harness.overlap import overlap_batch
+
+    gib = 2**30
+    smollm2_row = 2 * 30 * 3 * 64 * 700 * 2  # 700 positions in bf16: 16 MB a prompt
+    assert overlap_batch(130 * gib, 270 * 10**6, smollm2_row, 316) == 316
+    llama_row = 2**19 * 700  # 7B, fp16: 0.5 MiB a position
+    assert overlap_batch(14.5 * gib, 13_500 * 10**6, llama_row, 316) is None  # the merged fp16 model alone fills it
+    assert overlap_batch(0, 0, 1, 1) is None
