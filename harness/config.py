@@ -244,13 +244,16 @@ class EvalConfig:
     generation_cache: bool = True  # re-judge from cached answers when nothing that determines them changed
     # The merge's own agreement: the first N prompts answered again by the 4-bit model and by the merge, both
     # computing in fp32, so the forks of bf16 arithmetic do not count against the merge (0: off; nothing to do
-    # where the run computes in fp32 already). SmolLM2 on the H200: 128 of 128 verdicts in fp32, 283-296 of 316
-    # in bf16. Costs two more generations, eager, and an fp32 copy (4 bytes a parameter: a small model's check).
+    # where the run computes in fp32 already). SmolLM2 on the H200: 316 of 316 verdicts and texts in fp32, 283-298
+    # of 316 verdicts in bf16 (docs/runs/h200-smollm2-135m-seed42-2026-12-02). Costs two more generations,
+    # eager, and an fp32 copy (4 bytes a parameter: a small model's check).
     fp32_agreement: int = 0
-    # The 4-bit model answers in a child process while this one compiles and runs the merged model, where that
-    # changes no answer (CUDA, one process, room for both with every prompt in one batch; ``harness.overlap``).
-    # A cold SmolLM2 evaluation on the H200: the two were 43 s + 40 s of 88 s one after the other.
-    overlap: bool = True
+    # The 4-bit model answers in a child process while this one compiles and runs the merged model (CUDA, one
+    # process, room for both with every prompt in one batch: the serial batch plan; ``harness.overlap``). A cold
+    # SmolLM2 evaluation on the H200 spent 43 s + 40 s of 88 s on the two, one after the other. Off by default:
+    # beside the busy child, the merged model's *compiled* decode gave another greedy answer on 1 of 4 prompts
+    # (H200, SmolLM2, bf16; the child's 4-bit answers were the serial ones), and the time saved is not measured yet.
+    overlap: bool = False
 
     def _fp32_agreement_rule(self, value: Any) -> str | None:
         if (problem := _int_in(0)(value)) is not None or value == 0 or self.with_adapter:

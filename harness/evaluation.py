@@ -236,8 +236,8 @@ class _Beside:
 
 
 def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
-    """The 4-bit model's answers started in a child process, where ``[eval] overlap`` allows it and it changes
-    no answer (``overlap.planned_batch``); None: it answers here, before the merged model."""
+    """The 4-bit model's answers started in a child process, where ``[eval] overlap`` asks for it and it changes
+    no batch plan (``overlap.planned_batch``); None: it answers here, before the merged model."""
     s = run.s
     if not s.eval.overlap or "adapter" in run.outputs or "merged" in run.outputs:
         return None  # nothing to overlap: the other model has its answers already
@@ -258,8 +258,8 @@ def _collect_beside(run: _Run, beside: _Beside) -> torch.Tensor | None:
     try:
         made, reference, seconds = beside.future.result()
     except BrokenProcessPool as err:
-        raise RuntimeError(f"the 4-bit model's process died before answering ({err}); [eval] overlap = false "
-                           "answers with one model after the other") from err
+        raise RuntimeError(f"the 4-bit model's process died before answering ({err}); without [eval] overlap "
+                           "the models answer one after the other") from err
     _keep(run, "adapter", made, seconds, beside="merged")
     return reference
 

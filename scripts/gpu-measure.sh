@@ -133,7 +133,7 @@ eval-cold)
     # Side by side in one call: the 4-bit model before the merged one, then beside it in a child process.
     for mode in serial overlap; do
         flags=(--no-generation-cache)
-        if [ "$mode" = serial ]; then flags+=(--no-overlap); fi
+        if [ "$mode" = overlap ]; then flags+=(--overlap); fi
         TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step "eval-cold-$mode" "$PY" -m harness.cli eval --base-model "$BASE" \
             --config "$toml" "${flags[@]}" --out "$OUT_DIR/eval-cold-$mode"
     done

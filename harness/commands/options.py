@@ -63,9 +63,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
              "verdict agreement, without bf16's forks (default: 0, off)")
     add("--no-generation-cache", action="store_true",
         help="generate every answer again instead of reusing cached ones (default: reuse; --retrain implies it)")
-    add("--no-overlap", action="store_true",
-        help="answer with the 4-bit model here, before the merged model (default: beside it, in a child process, "
-             "on one GPU with room for both)")
+    add("--overlap", action="store_true",
+        help="answer with the 4-bit model in a child process beside the merged model, on one GPU with room for "
+             "both (default: one after the other)")
 
 
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,8 +77,8 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
             chosen[key] = value
     if getattr(args, "no_generation_cache", False):
         chosen["generation_cache"] = False
-    if getattr(args, "no_overlap", False):
-        chosen["overlap"] = False
+    if getattr(args, "overlap", False):
+        chosen["overlap"] = True
     return chosen
 
 
