@@ -2,7 +2,8 @@
 
 ``evaluate`` is the one way to do it: ``hearts eval``, ``hearts run`` and the test fixtures all call it. Models
 load one at a time and each is dropped before the next, in the order that lets a later one use what an earlier
-one left behind:
+one left behind (with ``[eval] overlap``, the first answers in a child process while the second loads and
+answers: ``harness.overlap``):
 
 1. the 4-bit base + adapter, as trained (``[eval] with_adapter``): its answers, for the merged model's verdict
    agreement, and its logits on a few of those answers, the reference for the merge's logit fidelity;
@@ -130,6 +131,10 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
                                                **quant}}
     for temperature in s.eval.temperatures if s.eval.samples else ():
         keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
+    if s.eval.overlap:
+        # Beside the busy child a compiled decode may answer otherwise (``harness.overlap``): such answers are not
+        # served to a run that did not ask for them. The samples are drawn after the child has gone.
+        keys["merged"] = {**keys["merged"], "beside_4bit_child": True}
     if prompts := _fp32_prompts(run):
         in_fp32 = answers.identity(run.tokenizer, prompts, _fp32_generation(s), _fp32_train(s))
         keys[FP32_ADAPTER] = {**in_fp32, "model": keys["adapter"]["model"]}
@@ -177,8 +182,8 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
         if any(k not in run.outputs for k in ("merged", *_sampled_sets(run.keys))) or (need_measure and wants_adapter):
             _merged_answers(run, beside, reference, measured)
     finally:
-        if beside is not None:  # the parent failed: the child finishes its answers and exits
-            beside.pool.shutdown(wait=False, cancel_futures=True)
+        if beside is not None:  # exited already after its answers; ended here if this process failed first
+            beside.child.stop()
     if "control" not in run.outputs or need_measure:
         _control_answers(run, measured, need_measure)
     _answer_in_fp32(run)
@@ -201,11 +206,14 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
     """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
     s = run.s
     lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
-    # Side by side, in the batch the plan was made for (the free memory the child leaves would choose another).
-    _answer(run, "merged", lm, None if beside is None else (run.prompts, beside.generation, None))
     if beside is not None:
+        beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model's compile
+        # In the batch the plan was made for (the free memory the child leaves would choose another).
+        _answer(run, "merged", lm, (run.prompts, beside.generation, None))
+        run.timing["merged"]["beside"] = "adapter"
         reference = _collect_beside(run, beside)
-    for key, temperature in _sampled_sets(run.keys).items():  # after the child: its memory would shrink batches
+    _answer(run, "merged", lm)
+    for key, temperature in _sampled_sets(run.keys).items():  # the child has exited: its memory is free again
         _answer(run, key, lm, _samples(run, temperature))
     if reference is not None:
         measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
@@ -230,8 +238,7 @@ def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) ->
 class _Beside:
     """The 4-bit model answering in a child process (``harness.overlap``), and the batch both models use."""
 
-    pool: Any
-    future: Any
+    child: overlap.Child
     generation: GenerationConfig
 
 
@@ -246,20 +253,14 @@ def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
     if batch is None:
         return None
     cfg = dataclasses.replace(s.generation, batch_size=batch)
-    pool, future = overlap.start(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts, cfg,
-                                 FIDELITY_PROMPTS if need_measure else 0)
-    return _Beside(pool, future, cfg)
+    child = overlap.Child(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts, cfg,
+                          FIDELITY_PROMPTS if need_measure else 0)
+    return _Beside(child, cfg)
 
 
 def _collect_beside(run: _Run, beside: _Beside) -> torch.Tensor | None:
     """The child's answers, kept like any answer set; returns its logits for the fidelity (None: not asked)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        made, reference, seconds = beside.future.result()
-    except BrokenProcessPool as err:
-        raise RuntimeError(f"the 4-bit model's process died before answering ({err}); without [eval] overlap "
-                           "the models answer one after the other") from err
+    made, reference, seconds = beside.child.result()
     _keep(run, "adapter", made, seconds, beside="merged")
     return reference
 

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import traceback
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness import distributed, generate, merge
 from harness import model as models
 from harness.config import GenerationConfig, TrainConfig
+from harness.errors import InputError
 from harness.generate import Generation
 
 # What the child sends back: the 4-bit model's answers, its logits on its first few answers (None when not
@@ -65,18 +67,87 @@ def planned_batch(merged_dir: Path, tokenizer, prompts: Sequence[str], cfg: Gene
     return None if fits is None else cfg.batch_size or fits
 
 
-def start(base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype, prompts: Sequence[str],
-          cfg: GenerationConfig, fidelity_texts: int) -> tuple[ProcessPoolExecutor, Future[AdapterOutputs]]:
-    """The 4-bit model's answers (and its logits on its first ``fidelity_texts`` answers), in a new process.
+class Child:
+    """The 4-bit model's answers (and its logits on its first ``fidelity_texts`` answers), computed in a new
+    process; ``result()`` waits for them and for the process's exit, ``stop()`` ends it early.
 
-    Spawned, not forked: a forked child of a process that has touched CUDA cannot use it."""
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    return pool, pool.submit(adapter_outputs, base, adapter, train, dtype, list(prompts), cfg, fidelity_texts)
+    Spawned, not forked: a forked child of a process that has touched CUDA cannot use it. A plain process and a
+    pipe rather than a pool: a parent that fails must be able to end the child at once (a pool's worker runs its
+    task to the end, and the interpreter's exit waits for it)."""
+
+    def __init__(self, base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype,
+                 prompts: Sequence[str], cfg: GenerationConfig, fidelity_texts: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_answer_and_send, name="hearts-4bit-answers",
+                                         args=(send, base, adapter, train, dtype, list(prompts), cfg,
+                                               fidelity_texts))
+        self._process.start()
+        send.close()  # the child holds the only sending end: its death reads as EOF here
+        self._message: tuple[str, Any] | None = None
+
+    def raise_early_error(self) -> None:
+        """The child's error, raised now if it has reported one already (before work that it would waste)."""
+        if self._message is None and self._receive.poll():
+            self._message = self._received()
+        if self._message is not None and self._message[0] == "error":
+            self.result()
+
+    def result(self) -> AdapterOutputs:
+        """The child's answers, logits and seconds, once it has sent them and exited (so its GPU memory is free
+        for whatever plans a batch next); its error, raised here."""
+        status, value = self._message or self._received()
+        self._process.join()
+        if status == "error":
+            raise value
+        made, reference, seconds = value
+        return made, None if reference is None else torch.from_numpy(reference), seconds
+
+    @property
+    def running(self) -> bool:
+        return self._process.is_alive()
+
+    def stop(self) -> None:
+        """End the child (a no-op once it has exited)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+    def _received(self) -> tuple[str, Any]:
+        try:
+            return self._receive.recv()
+        except EOFError:
+            self._process.join()
+            return "error", ChildDied(f"the 4-bit model's process died before answering (exit code "
+                                      f"{self._process.exitcode}); without [eval] overlap the models answer one "
+                                      "after the other")
+
+
+class ChildDied(RuntimeError):
+    """The child process ended without sending its answers (killed, out of host memory, a crash)."""
+
+
+def _answer_and_send(send, *args: Any) -> None:
+    """The child's whole life: compute, send the outputs or the error, exit."""
+    try:
+        message: tuple[str, Any] = ("ok", adapter_outputs(*args))
+    except Exception as err:  # every error goes to the parent, which raises it
+        if not isinstance(err, InputError):  # bad input is one line, the parent's; a bug keeps its traceback
+            traceback.print_exc()
+        message = ("error", err)
+    try:
+        send.send(message)
+    except Exception as err:  # an exception that does not pickle still reaches the parent
+        send.send(("error", ChildDied(f"the 4-bit model's process failed: {err!r}")))
+    send.close()
 
 
 def adapter_outputs(base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype, prompts: list[str],
-                    cfg: GenerationConfig, fidelity_texts: int) -> AdapterOutputs:
-    """What the child computes: load the 4-bit model, answer, and teacher-force its first few answers."""
+                    cfg: GenerationConfig, fidelity_texts: int) -> tuple[list[Generation], Any, float]:
+    """What the child computes: load the 4-bit model, answer, and teacher-force its first few answers.
+
+    The logits go back as a numpy array, pickled through the pipe: a tensor would travel through shared memory,
+    which containers keep small (Docker: 64 MB; SmolLM2's four answers' logits are ~300 MB)."""
     models.quiet_libraries()
     lm = merge.load_adapter_model(base, adapter, train, dtype)
     tokenizer = models.load_tokenizer(adapter)
@@ -88,5 +159,5 @@ def adapter_outputs(base: Path | str, adapter: Path, train: TrainConfig, dtype: 
     reference = None
     if fidelity_texts:
         probe = merge.teacher_forced(tokenizer, prompts[:fidelity_texts], [g.response for g in made])
-        reference = merge.logits_on(lm, probe)
+        reference = merge.logits_on(lm, probe).numpy()
     return made, reference, seconds

@@ -187,3 +187,40 @@ def test_an_adapter_the_child_cannot_load_is_the_one_line_error_of_one_process(
     _beside_everywhere(monkeypatch, device)
     with pytest.raises(InputError, match=rf"adapter {broken}: was made for another base model"):
         stage.evaluate(s, dataclasses.replace(trained_adapter, path=broken), merged_dir)
+
+
+def test_a_finished_child_has_exited_and_a_stopped_one_ends_at_once(trained_adapter, run_settings, tokenizer):
+    prompts = stage.held_out_prompts(run_settings.eval)[:2]
+    s = run_settings
+    args = (trained_adapter.base, trained_adapter.path, s.train, model.run_dtype(s.train), prompts, s.generation)
+    done = overlap.Child(*args, fidelity_texts=1)
+    made, reference, _ = done.result()
+    assert not done.running  # its memory is free before the next model plans a batch
+    assert len(made) == 2 and reference is not None and reference.dtype == torch.float32
+    stopped = overlap.Child(*args, fidelity_texts=0)
+    stopped.stop()  # a parent that failed does not wait for the answers
+    assert not stopped.running
+
+
+def test_answers_made_beside_the_child_are_not_served_to_a_run_without_it(run_settings, trained_adapter, merged_dir,
+                                                                          monkeypatch, device, tmp_path):
+    s = dataclasses.replace(_settings(run_settings, max_prompts=3), artifacts=tmp_path)
+    s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, cache="dynamic"))
+    assert set(stage.evaluate(s, trained_adapter, merged_dir).generated) == {"adapter", "merged", "control"}
+    _beside_everywhere(monkeypatch, device)
+    # The 4-bit and base answers are the same either way; the merged model's are its own entry.
+    assert stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir).generated == ("merged",)
+
+
+def test_the_plan_overlaps_only_on_cuda_with_room_for_both_and_keeps_a_users_batch(merged_dir, tokenizer,
+                                                                                   run_settings, monkeypatch):
+    prompts = stage.held_out_prompts(run_settings.eval)[:8]
+    cfg, dtype, cuda = run_settings.generation, torch.float32, torch.device("cuda")
+    assert overlap.planned_batch(merged_dir, tokenizer, prompts, cfg, torch.device("cpu"), dtype) is None
+    for free, expected in ((2**40, 8), (2**10, None)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2**41))
+        assert overlap.planned_batch(merged_dir, tokenizer, prompts, cfg, cuda, dtype) == expected
+    users = dataclasses.replace(cfg, batch_size=3)
+    assert overlap.planned_batch(merged_dir, tokenizer, prompts, users, cuda, dtype) is None  # 1 KiB: no room
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**40, 2**41))
+    assert overlap.planned_batch(merged_dir, tokenizer, prompts, users, cuda, dtype) == 3
