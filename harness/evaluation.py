@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,13 +205,13 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
     """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
     s = run.s
     lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
-    if beside is not None:
+    if beside is None:
+        _answer(run, "merged", lm)
+    else:
         beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model's compile
         # In the batch the plan was made for (the free memory the child leaves would choose another).
-        _answer(run, "merged", lm, (run.prompts, beside.generation, None))
-        run.timing["merged"]["beside"] = "adapter"
+        _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
         reference = _collect_beside(run, beside)
-    _answer(run, "merged", lm)
     for key, temperature in _sampled_sets(run.keys).items():  # the child has exited: its memory is free again
         _answer(run, key, lm, _samples(run, temperature))
     if reference is not None:
@@ -286,8 +285,9 @@ def _answer_in_fp32(run: _Run) -> None:
 _Sampling = tuple[list[str], Any, list[int] | None]  # prompts, generation config, a seed per answer (None: greedy)
 
 
-def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None) -> None:
-    """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation.
+def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None, beside: str | None = None) -> None:
+    """``name``'s answers from ``lm`` unless the cache already gave them; stored for the next evaluation
+    (``beside``: the answer set made in a child process meanwhile).
 
     Under a launcher each rank answers its share of the prompts and all ranks end with every answer."""
     if name in run.outputs:
@@ -301,11 +301,8 @@ def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None) -> None
         return generate.generate(lm, run.tokenizer, [prompts[i] for i in indices], cfg, progress,
                                  seeds=None if seeds is None else [seeds[i] for i in indices])
 
-    start = time.perf_counter()
-    made = distributed.sharded(produce, len(prompts))
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    _keep(run, name, made, time.perf_counter() - start)
+    made, seconds = generate.timed(lambda: distributed.sharded(produce, len(prompts)))
+    _keep(run, name, made, seconds, beside)
 
 
 def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: str | None = None) -> None:

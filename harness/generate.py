@@ -28,9 +28,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -40,6 +41,7 @@ from harness.config import GenerationConfig
 from harness.errors import InputError
 from harness.prompts import build_prompt
 
+T = TypeVar("T")
 CACHES = ("auto", "dynamic", "static")
 CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only add padding
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
@@ -109,6 +111,15 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
             seed = None if rows is None else seeds[i]  # type: ignore[index]
             results.setdefault(i, _one(prompts[i], row, tokenizer, seed))  # a repeat filling a batch is dropped
     return [results[i] for i in range(len(prompts))]
+
+
+def timed(produce: Callable[[], T]) -> tuple[T, float]:
+    """``produce()``'s result and its wall seconds, the GPU's queued work included (CUDA runs asynchronously)."""
+    start = time.perf_counter()
+    result = produce()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
 
 
 def generate_and_release(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,

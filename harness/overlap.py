@@ -19,7 +19,6 @@ process disturbs; ``torch._inductor.config.deterministic`` skips those timings, 
 from __future__ import annotations
 
 import multiprocessing
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,11 +150,7 @@ def adapter_outputs(base: Path | str, adapter: Path, train: TrainConfig, dtype: 
     models.quiet_libraries()
     lm = merge.load_adapter_model(base, adapter, train, dtype)
     tokenizer = models.load_tokenizer(adapter)
-    start_time = time.perf_counter()
-    made = generate.generate(lm, tokenizer, prompts, cfg)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start_time
+    made, seconds = generate.timed(lambda: generate.generate(lm, tokenizer, prompts, cfg))
     reference = None
     if fidelity_texts:
         probe = merge.teacher_forced(tokenizer, prompts[:fidelity_texts], [g.response for g in made])
