@@ -5,18 +5,20 @@ not eyeballed. Decoding only the new token ids (never slicing the prompt off a d
 whose tokens re-merge differently from corrupting the answer.
 
 Speed (judging is most of a run's GPU time): prompts are sorted by length so a batch pads little; on CUDA a
-batch holds as many prompts as the free memory's KV cache allows (all of them for a small model), every batch
-has the same size (the last is filled with repeats, whose answers are dropped) and one cache length, and the
-KV cache is static, so transformers compiles the decode step once (CUDA graphs) and every batch — and the next
-model of the same architecture — reuses it. The cache is sized to its call (``_forget_cache_length``), so a call
-of another length compiles again: the price of answers that depend only on their call. A 4-bit model is not
-compileable; it decodes eagerly, in as few batches as memory allows. Generation stops when every row has reached
-EOS.
+batch holds as many prompts as the free memory's KV cache allows (all of them for a small model). A call that
+decodes many steps (``COMPILE_MIN_STEPS``: a large model in many batches) uses a static KV cache, every batch of
+the same size (the last filled with repeats, whose answers are dropped) and one cache length, so transformers
+compiles the decode step once (CUDA graphs) and every batch — and the next model of the same architecture —
+reuses it. The cache is sized to its call (``_forget_cache_length``), so a call of another length compiles again:
+the price of answers that depend only on their call. A call of few steps decodes eagerly: the compile would cost
+more than it saves. A 4-bit model is not compileable; it decodes eagerly, in as few batches as memory allows.
+cuDNN's attention is off on CUDA (``GenerationConfig.cudnn_attention``). Generation stops when every row has
+reached EOS.
 
 The compiled step rounds differently from eager kernels. On the stand-in, greedy text is the same either way
-(tested). On SmolLM2 in bf16 (H200), the compiled decode matched the eager text on 127 of 316 prompts, while
-verdicts against the 4-bit model agreed on 295 of 316 against 298 (``scripts/gpu-measure.sh
-decode-equivalence``). ``cache = "dynamic"`` decodes eagerly.
+(tested). On SmolLM2 in bf16 (H200), the compiled decode matched the eager text on 120-127 of 316 prompts, while
+verdicts against the 4-bit model agreed on 295-297 of 316 against 298-300 (``scripts/gpu-measure.sh
+decode-equivalence``). ``cache = "dynamic"`` always decodes eagerly, ``"static"`` always compiles.
 """
 
 from __future__ import annotations
@@ -39,12 +41,19 @@ from tqdm.auto import tqdm
 from harness.cache import atomic_write_text
 from harness.config import GenerationConfig
 from harness.errors import InputError
+from harness.model import attention_kernels
 from harness.prompts import build_prompt
 
 T = TypeVar("T")
 CACHES = ("auto", "dynamic", "static")
 CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only add padding
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
+# Compiling the decode step costs ~33 s once per shape (SmolLM2, H200) and saves each decode step's host launch
+# time: ~10 ms on SmolLM2 at batch 316 (one batch of 320 steps: eager 8.3 s, compiled 38.2 s with its compile,
+# one process), 24.6 ms on the 7B shape at batch 32 (eager 35.5 ms a step, compiled 10.9). So it pays only past
+# ~1,600-3,300 decode steps in one call: 8 batches of 320 new tokens. A small model with every prompt in one
+# batch decodes eagerly, and the same text as eager kernels gives.
+COMPILE_MIN_STEPS = 2_560
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
 MAX_CHAR_TOKENS = 3  # bytes of a character left unfinished (at most 3 of 4), so at most as many tokens
 # In the generation cache's key: bump when what ``generate`` makes of the tokens changes, so answers cached by
@@ -87,7 +96,6 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
         seeds = [sample_seed(cfg.seed, p, 0) for p in prompts]
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
-    cache = resolve_cache(cfg.cache, model)
     if not prompts:
         return []
     model.eval()
@@ -95,21 +103,23 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     tokenizer.padding_side = "left"  # so every row's last prompt token sits at the same position
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
     size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
+    cache = resolve_cache(cfg.cache, model, decode_steps=math.ceil(len(prompts) / size) * cfg.max_new_tokens)
     batches = plan_batches(lengths, size, fill=cache == "static")
     decoding = _decoding(cfg, cache, max(lengths) + cfg.max_new_tokens)
     if cache == "static":
         _forget_cache_length(model)
     results: dict[int, Generation] = {}
-    for batch in tqdm(batches, desc="generate", disable=not progress):
-        chunk = [prompts[i] for i in batch]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
-        rows = None if seeds is None or not cfg.do_sample else [seeds[i] for i in batch]
-        out = model.generate(**enc, **_sampling(cfg, rows, model.device), **decoding,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1] :]
-        for i, row in zip(batch, new, strict=True):
-            seed = None if rows is None else seeds[i]  # type: ignore[index]
-            results.setdefault(i, _one(prompts[i], row, tokenizer, seed))  # a repeat filling a batch is dropped
+    with attention_kernels(model.device, cfg.cudnn_attention):
+        for batch in tqdm(batches, desc="generate", disable=not progress):
+            chunk = [prompts[i] for i in batch]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
+            rows = None if seeds is None or not cfg.do_sample else [seeds[i] for i in batch]
+            out = model.generate(**enc, **_sampling(cfg, rows, model.device), **decoding,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(batch, new, strict=True):
+                seed = None if rows is None else seeds[i]  # type: ignore[index]
+                results.setdefault(i, _one(prompts[i], row, tokenizer, seed))  # a repeat filling a batch is dropped
     return [results[i] for i in range(len(prompts))]
 
 
@@ -178,16 +188,18 @@ def fitting_batch(budget_bytes: float, per_row_bytes: int, n_prompts: int) -> in
     return math.ceil(n_prompts / n_batches)
 
 
-def resolve_cache(setting: str, model) -> str:
-    """``auto``: a static cache (compiled decode) where transformers can compile the model — a plain model on
-    CUDA — else the dynamic cache."""
+def resolve_cache(setting: str, model, decode_steps: int | None = None) -> str:
+    """``auto``: a static cache with a compiled decode step where transformers can compile the model (a plain model
+    on CUDA) and the call decodes enough steps to pay for the compile (``COMPILE_MIN_STEPS``; None: assume so),
+    else the dynamic cache, eager."""
     if setting not in CACHES:
         raise InputError(f"generation cache {setting!r}: expected one of {', '.join(CACHES)}")
     if setting != "auto":
         return setting
     quantizer = getattr(model, "hf_quantizer", None)
     compileable = quantizer is None or getattr(quantizer, "is_compileable", False)
-    return "static" if model.device.type == "cuda" and compileable else "dynamic"
+    pays = decode_steps is None or decode_steps >= COMPILE_MIN_STEPS
+    return "static" if model.device.type == "cuda" and compileable and pays else "dynamic"
 
 
 def _forget_cache_length(model) -> None:

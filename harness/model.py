@@ -71,6 +71,17 @@ def compute_dtype(setting: str = "auto", device: torch.device | None = None) -> 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def attention_kernels(device: torch.device, cudnn: bool) -> contextlib.AbstractContextManager:
+    """Where SDPA may run on ``device``: every backend but cuDNN's on CUDA unless ``cudnn``; torch's own choice
+    elsewhere. cuDNN's attention (torch's first choice on Hopper) builds an execution graph on the host for each
+    new input shape: every length-varying training batch and, with a dynamic KV cache, every decode step."""
+    if cudnn or device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 

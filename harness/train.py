@@ -169,13 +169,8 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
 
 
 def attention_kernels(cfg: TrainConfig) -> contextlib.AbstractContextManager:
-    """Where SDPA may run during training: every backend but cuDNN's on CUDA unless ``cudnn_attention`` (see
-    ``TrainConfig``); torch's own choice elsewhere."""
-    if cfg.cudnn_attention or models.run_device(cfg).type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    """Where SDPA may run during training (``TrainConfig.cudnn_attention``; ``model.attention_kernels``)."""
+    return models.attention_kernels(models.run_device(cfg), cfg.cudnn_attention)
 
 
 def stepper(trainer: Trainer, cfg: TrainConfig):

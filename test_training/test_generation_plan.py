@@ -132,3 +132,86 @@ def test_side_by_side_fits_smollm2_on_an_h200_and_not_a_7b_on_a_t4():
     llama_row = 2**19 * 700  # 7B, fp16: 0.5 MiB a position
     assert overlap_batch(14.5 * gib, 13_500 * 10**6, llama_row, 316) is None  # the merged fp16 model alone fills it
     assert overlap_batch(0, 0, 1, 1) is None
+
+
+# --- eager or compiled decoding, and which attention kernels ------------------------------------------------------
+
+def _model_on(device: str, quantizer=None):
+    import torch
+
+    return SimpleNamespace(device=torch.device(device), hf_quantizer=quantizer)
+
+
+@given(st.sampled_from(["cpu", "cuda"]), st.booleans(), st.one_of(st.none(), st.integers(0, 10**6)))
+def test_auto_compiles_only_a_plain_cuda_model_whose_call_decodes_enough_steps(device, quantized, steps):
+    from harness.generate import COMPILE_MIN_STEPS, resolve_cache
+
+    quantizer = SimpleNamespace(is_compileable=False) if quantized else None
+    got = resolve_cache("auto", _model_on(device, quantizer), decode_steps=steps)
+    pays = steps is None or steps >= COMPILE_MIN_STEPS
+    assert got == ("static" if device == "cuda" and not quantized and pays else "dynamic")
+    for explicit in ("dynamic", "static"):  # an explicit setting is never second-guessed
+        assert resolve_cache(explicit, _model_on(device, quantizer), decode_steps=steps) == explicit
+
+
+def test_one_batch_of_a_small_model_decodes_eagerly_and_many_batches_of_a_large_one_compile():
+    # SmolLM2's 316 held-out prompts fit one batch of 320 steps on an H200 (eager 8.3 s against 38.2 s compiled);
+    # the 7B shape under a T4's memory answers them 8 at a time (40 batches).
+    from harness.generate import resolve_cache
+
+    cuda = _model_on("cuda")
+    assert resolve_cache("auto", cuda, decode_steps=1 * 320) == "dynamic"
+    assert resolve_cache("auto", cuda, decode_steps=40 * 320) == "static"
+
+
+def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice(monkeypatch, tiny_base_dir):
+    import contextlib
+
+    import torch
+
+    from harness import generate
+    from harness.config import GenerationConfig
+    from harness.model import load_base, load_tokenizer
+
+    seen: dict[str, object] = {}
+    real_resolve = generate.resolve_cache
+
+    def resolve(setting, model, decode_steps=None):
+        seen["steps"] = decode_steps
+        return real_resolve(setting, model, decode_steps)
+
+    @contextlib.contextmanager
+    def kernels(device, cudnn):
+        seen["kernels"], seen["inside"] = (device.type, cudnn), True
+        yield
+        seen["inside"] = False
+
+    model = load_base(tiny_base_dir, torch.float32)
+    real_generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.setdefault("calls_inside", []).append(seen.get("inside"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "resolve_cache", resolve)
+    monkeypatch.setattr(generate, "attention_kernels", kernels)
+    monkeypatch.setattr(model, "generate", recording_generate)
+    prompts = [f"### Instruction:\nName {n} things.\n\n### Response:\n" for n in range(5)]
+    generate.generate(model, load_tokenizer(tiny_base_dir), prompts, GenerationConfig(max_new_tokens=4, batch_size=2))
+    assert seen["steps"] == 3 * 4  # three batches of two rows, four new tokens each
+    assert seen["kernels"] == ("cpu", False) and seen["calls_inside"] == [True, True, True]
+
+
+def test_cudnn_attention_is_off_on_cuda_unless_asked_and_untouched_elsewhere():
+    import torch
+
+    from harness.model import attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels(torch.device("cuda"), cudnn=False):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    for device, cudnn in (("cuda", True), ("cpu", False)):  # negative controls: the choice is left to torch
+        with attention_kernels(torch.device(device), cudnn=cudnn):
+            assert torch.backends.cuda.cudnn_sdp_enabled() == before
