@@ -12,13 +12,16 @@
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
 #   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
-#   scripts/gpu-measure.sh eval-cold TOML   hearts eval of TOML's (trained, cached) adapter with no cached
+#   scripts/gpu-measure.sh eval-cold TOML...  hearts eval of each TOML's (trained, cached) adapter with no cached
 #                                           answers and an empty compile cache: what a fresh runner's judging costs,
 #                                           with the 4-bit model answering before the merged one, then beside it
+#                                           (EVAL_MODES, default "serial overlap")
 #   scripts/gpu-measure.sh decode-equivalence TOML
 #                                           greedy answers of the 4-bit model, the judged model (base dequantised)
 #                                           and the merged one, eager and compiled (inductor with and without
 #                                           eager's bf16 rounding): same text, verdict agreement, seconds
+#   scripts/gpu-measure.sh cudnn-decode     eager greedy decoding of the base (4-bit, then bf16) with and without
+#                                           cuDNN's attention: seconds and answers that keep their text
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
 #   scripts/gpu-measure.sh sweep train|run TOML...
@@ -127,26 +130,31 @@ envelope)
         --junitxml "$OUT_DIR/junit-envelope.xml" "$@"
     ;;
 eval-cold)
-    toml="${2:?eval-cold: a TOML}"
-    # Trained and merged into the cache first, so the two evaluations below time judging alone.
-    step eval-cold-merge "$PY" -m harness.cli merge --base-model "$BASE" --config "$toml"
-    # Side by side in one call: the 4-bit model before the merged one, then beside it in a child process.
-    for mode in serial overlap; do
-        flags=(--no-generation-cache)
-        if [ "$mode" = overlap ]; then flags+=(--overlap); fi
-        TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step "eval-cold-$mode" "$PY" -m harness.cli eval --base-model "$BASE" \
-            --config "$toml" "${flags[@]}" --out "$OUT_DIR/eval-cold-$mode"
+    shift
+    [ $# -gt 0 ] || { echo "eval-cold: a TOML" >&2; exit 2; }
+    for toml in "$@"; do
+        name=$(basename "$toml" .toml)
+        # Trained and merged into the cache first, so the evaluations below time judging alone.
+        step "eval-cold-merge-$name" "$PY" -m harness.cli merge --base-model "$BASE" --config "$toml"
+        # Side by side in one call: the 4-bit model before the merged one, then beside it in a child process.
+        for mode in ${EVAL_MODES:-serial overlap}; do
+            flags=(--no-generation-cache)
+            if [ "$mode" = overlap ]; then flags+=(--overlap); fi
+            TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step "eval-cold-$name-$mode" "$PY" -m harness.cli eval \
+                --base-model "$BASE" --config "$toml" "${flags[@]}" --out "$OUT_DIR/eval-cold-$name-$mode"
+        done
     done
     ;;
 decode-equivalence)
     step decode-equivalence "$PY" - "$BASE" "${2:?decode-equivalence: a TOML}" "$OUT_DIR" <<'PY'
 import dataclasses
 import json
+import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 from harness import cli, evaluation, generate, merge, model, train
 from harness.commands import options
@@ -172,25 +180,37 @@ def judged():
 
 
 merged = lambda: merge.load_merged(merged_dir, dtype)  # noqa: E731
-# name: (load, cache, inductor emulates eager's bf16 rounding)
-variants = {"4bit-eager": (four_bit, "dynamic", False), "judged-eager": (judged, "dynamic", False),
-            "merged-eager": (merged, "dynamic", False), "merged-compiled": (merged, "static", False),
+# name: (load, cache, inductor emulates eager's bf16 rounding); eager references first. DECODE_VARIANTS (comma-
+# separated names) runs some of them only.
+variants = {"4bit-eager": (four_bit, "dynamic", False), "merged-eager": (merged, "dynamic", False),
+            "merged-compiled": (merged, "static", False), "judged-eager": (judged, "dynamic", False),
             "merged-compiled-emulated": (merged, "static", True), "judged-compiled-emulated": (judged, "static", True)}
+chosen = [v for v in os.environ.get("DECODE_VARIANTS", "").split(",") if v] or list(variants)
 result, answers = {"prompts": len(prompts)}, {}
-for name, (load, cache, emulate) in variants.items():
+for name in chosen:
+    load, cache, emulate = variants[name]
     torch._dynamo.reset()
+    counters.clear()
     torch._inductor.config.emulate_precision_casts = emulate
-    lm = load()
-    start = time.perf_counter()
-    answers[name] = generate.generate(lm, tok, prompts, dataclasses.replace(s.generation, cache=cache))
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    result[f"{name}_s"] = round(time.perf_counter() - start, 1)
-    del lm
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    lm = None
+    try:
+        lm = load()
+        answers[name], result[f"{name}_s"] = generate.timed(lambda: generate.generate(
+            lm, tok, prompts, dataclasses.replace(s.generation, cache=cache)))
+    except Exception as err:  # a variant that cannot run is a result too; the others still run
+        result[f"{name}_error"] = f"{type(err).__name__}: {err}"[:500]
+        continue
+    finally:
+        del lm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    # graphs compiled and graph breaks: whether the decode step was really captured whole
+    result[f"{name}_graphs"] = counters["stats"].get("unique_graphs", 0)
+    result[f"{name}_graph_breaks"] = sum(counters["graph_break"].values())
+    result[f"{name}_s"] = round(result[f"{name}_s"], 1)
     ref = "merged-eager" if name.startswith("merged") else "4bit-eager"
-    result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
+    if ref in answers and ref != name:
+        result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
     (out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))  # after each: a cut run keeps some
 verdicts = {k: judge(v) for k, v in answers.items()}
 for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"),
@@ -198,6 +218,44 @@ for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"),
     if a in verdicts and b in verdicts:
         result[f"verdicts_{a}_vs_{b}"] = sum(x.passed == y.passed for x, y in zip(verdicts[a], verdicts[b]))
 (out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))
+print(json.dumps(result))
+PY
+    ;;
+cudnn-decode)
+    step cudnn-decode "$PY" - "$BASE" "$OUT_DIR" <<'PY'
+# Eager greedy decoding of the base, 4-bit then bf16, the held-out prompts in one batch, with SDPA free to pick
+# cuDNN's attention and without it: seconds (the 4-bit model first, so it pays cuDNN's graphs for the process)
+# and how many answers keep their text.
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import cli, evaluation, generate, model
+from harness.commands import options
+
+base_name, out = sys.argv[1], Path(sys.argv[2])
+s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--out", str(out / "unused")]))
+base = model.resolve_base(base_name, s.artifacts)
+tok = model.load_tokenizer(base)
+prompts = evaluation.held_out_prompts(s.eval)
+dtype = model.run_dtype(s.train)
+result, answers = {"prompts": len(prompts)}, {}
+for name, load in (("4bit", lambda: model.load_quantized(base, s.train, dtype)),
+                   ("bf16", lambda: model.load_base(base, dtype))):
+    lm = load()
+    for cudnn in (False, True):
+        cfg = dataclasses.replace(s.generation, cache="dynamic", cudnn_attention=cudnn)
+        got, seconds = generate.timed(lambda: generate.generate(lm, tok, prompts, cfg))
+        answers[name, cudnn] = got
+        result[f"{name}_cudnn_{cudnn}_s"] = round(seconds, 1)
+        result[f"{name}_cudnn_{cudnn}_new_tokens"] = sum(g.new_tokens for g in got)
+    result[f"{name}_same_text"] = sum(a.response == b.response for a, b in zip(answers[name, False], answers[name, True]))
+    del lm
+    torch.cuda.empty_cache()
+    (out / "cudnn-decode.json").write_text(json.dumps(result, indent=2))
 print(json.dumps(result))
 PY
     ;;
@@ -316,7 +374,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold|decode-equivalence TOML | compile-history | sweep train|run TOML..." >&2
+         "| eval-cold|decode-equivalence TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
