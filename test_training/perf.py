@@ -105,6 +105,7 @@ def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds:
 
 def time_plainly(trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8) -> dict[str, float]:
     """What ``time_steps`` measures, without pytest-benchmark: for a goal test run on its own."""
+    from harness import model as models
     from harness import train
 
     step, model = train.stepper(trainer, cfg)
@@ -124,7 +125,8 @@ def time_plainly(trainer, cfg, gpu_profile, *, warmup: int = 2, rounds: int = 8)
     total = time.perf_counter() - start
     assert model.training
     under_cap(gpu_profile)
-    return {"samples_per_s": rows / total, "tokens_per_s": tokens / total, **peak()}
+    return {"samples_per_s": rows / total, "tokens_per_s": tokens / total,
+            "checkpointing": models.checkpointing_on(model), **peak()}
 
 
 def trl_trainer(out: Path, base: Path, tokenizer, train_ds, cfg, lora, *, max_length: int):

@@ -38,10 +38,21 @@ T4_GEN_BATCH = 8  # batch 32 x 228 positions of fp16 KV cache (3.6 GiB) does not
 MEMORY_GOAL, MEMORY_MEASURED = 0.75, 1.0  # default/original peak memory: 0.99 on the H100 (T4 profile)
 MEMORY_WHY = ("r=64 all-linear LoRA keeps fp32 weights + grads (1.2 GiB) next to the 4-bit base and fp16 embeddings "
               "(3.7 GiB): 4.9 GiB fixed, 71% of the original's 6.86 GiB peak, so 25% less leaves no room for a batch")
-BOUND_GOAL, BOUND_MEASURED = 0.5, 0.25  # share of the bandwidth bound at batch 32: 0.32 on the H100, 0.28 H200
+BOUND_GOAL, BOUND_MEASURED = 0.5, 0.24  # share of the bandwidth bound at batch 32: 0.32 on the H100; 0.28 and
+# 0.257 on the H200 (transformers 5.17, 5.24); batch 64 and 128 gave 0.20 and 0.14 of their own bounds
 BOUND_WHY = ("a compiled decode step takes 7.35 ms of GPU time against the bound's 4.0: weight GEMMs ~5.3 ms "
              "(76% of bandwidth) and attention over the static KV cache 1.7 ms (the bound ignores KV reads); "
              "the eager prefill and host gaps between graph launches idle the GPU ~22% of a call")
+
+
+# The harness's QLoRA step against TRL's SFTTrainer at equal memory (both checkpointed, bf16, batch 8): goal 1.2x,
+# measured 0.94x on the H200 (9.92 against 10.57 samples/s, 6.44 against 6.13 GiB peak; rounds vary +-20% with
+# the batches' lengths). Held at 0.85 so a regression fails.
+PEER_GOAL, PEER_MEASURED, PEER_MEMORY = 1.2, 0.85, 1.15
+PEER_WHY = ("both run transformers' forward and backward of the same 4-bit model with bitsandbytes' kernels, the "
+            "same checkpointing and paged AdamW: the step is the libraries', and TRL's own work (its loss and "
+            "token-accuracy bookkeeping) is a small share of a 7B step; a 1.2x lead needs work the harness could "
+            "skip, and at batch 8 there is none left")
 
 
 def _free_cuda() -> None:
@@ -68,6 +79,12 @@ def training_rates() -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def generation_rates() -> dict[str, dict[str, float]]:
     """New tokens/s per way of generating, as the generation benchmarks measured them."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def peer_rates() -> dict[str, dict[str, float]]:
+    """Rates and peak memory of the harness's and TRL's steps, as their benchmarks measured them."""
     return {}
 
 
@@ -136,21 +153,47 @@ def test_default_recipe_memory_against_the_original(recipe_rates, record_propert
 
 @pytest.mark.parametrize("trainer_kind", ["harness", "trl"])
 def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
-                                              tmp_path) -> None:
+                                              peer_rates, tmp_path) -> None:
     """The default recipe through the harness's Trainer and through TRL's SFTTrainer, bf16, same run."""
+    trainer, cfg = _peer_trainer(trainer_kind, shape_dir, shape_tokenizer, gpu_profile, tmp_path)
+    benchmark.group = "qlora-7b-bf16-peers"
+    peer_rates[trainer_kind] = perf.time_steps(benchmark, trainer, cfg, None, peer=trainer_kind,
+                                               batch_size=cfg.batch_size)
+
+
+def _peer_trainer(trainer_kind: str, shape_dir: Path, tokenizer, gpu_profile, tmp_path: Path):
     if gpu_profile:
         pytest.skip("TRL 1.16 casts the LoRA weights to bf16, which fp16 loss scaling rejects: compared in bf16")
     if not torch.cuda.is_bf16_supported():
         pytest.skip("the TRL peer runs in bf16, which this GPU lacks")
     pytest.importorskip("trl", reason="the TRL peer needs the optional extra: pip install -e '.[trl]'")
     cfg, lora, data_cfg = _configs("default", gpu_profile, compute_dtype="bf16")
-    prepared = data.prepare(data_cfg, shape_tokenizer, cache_dir=tmp_path / "hf")
+    prepared = data.prepare(data_cfg, tokenizer, cache_dir=tmp_path / "hf")
     if trainer_kind == "trl":
-        trainer = perf.trl_trainer(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora, max_length=SEQ)
+        trainer = perf.trl_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora, max_length=SEQ)
     else:
-        trainer = train.make_trainer(tmp_path, shape_dir, shape_tokenizer, prepared.train, cfg, lora)[0]
-    benchmark.group = "qlora-7b-bf16-peers"
-    perf.time_steps(benchmark, trainer, cfg, None, peer=trainer_kind, batch_size=cfg.batch_size)
+        trainer = train.make_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora)[0]
+    return trainer, cfg
+
+
+def test_harness_step_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
+                                                  tmp_path_factory, record_property) -> None:
+    # Goal: >= 1.2x TRL's samples/s at equal memory; missed (PEER_WHY), so the measured ratio is what is held.
+    for kind in ("harness", "trl"):
+        if "samples_per_s" not in peer_rates.get(kind, {}):
+            trainer, cfg = _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile,
+                                         tmp_path_factory.mktemp(f"peer-{kind}"))
+            peer_rates[kind] = perf.time_plainly(trainer, cfg, None)
+            del trainer
+            _free_cuda()
+    ours, theirs = peer_rates["harness"], peer_rates["trl"]
+    speed = ours["samples_per_s"] / theirs["samples_per_s"]
+    memory = ours["peak_allocated_gib"] / theirs["peak_allocated_gib"]
+    record_property("speed_vs_trl", speed)
+    print(f"\nharness vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory (goal {PEER_GOAL}x: {PEER_WHY})")
+    assert ours["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
+    assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
+    assert speed >= PEER_MEASURED, f"the harness steps at {speed:.2f}x TRL's samples/s"
 
 
 # --- merge and generation of the 7B shape -----------------------------------------------------------
