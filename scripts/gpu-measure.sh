@@ -11,7 +11,7 @@
 #                                           trained 4-bit model and the merge both computing in fp32 (report.json)
 #   scripts/gpu-measure.sh profile          torch.profiler top-10 of SmolLM2 QLoRA steps (docs/perf material)
 #   scripts/gpu-measure.sh battery [ARGS]   pytest -m gpu: the device-parametrised tests on CUDA
-#   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. -k smollm2
+#   scripts/gpu-measure.sh envelope [ARGS]  pytest -m envelope (benchmarks, JSON under OUT_DIR): e.g. test_training/test_envelope_smollm2.py
 #   scripts/gpu-measure.sh eval-cold TOML...  hearts eval of each TOML's (trained, cached) adapter with no cached
 #                                           answers and an empty compile cache: what a fresh runner's judging costs,
 #                                           with the 4-bit model answering before the merged one, then beside it

@@ -2,7 +2,7 @@
 2.0k tokens/s), the SmolLM2 preset before and after its host-overhead fixes, a larger batch, and TRL's
 SFTTrainer on the same model with the same settings.
 
-    pytest -m envelope -k smollm2 --benchmark-json smollm2.json
+    pytest -m envelope test_training/test_envelope_smollm2.py --benchmark-json smollm2.json
 
 A 135M model's step is bound by Python and kernel launches, not by the GPU (docs/perf: 2.1 s of host time
 against 0.18 s of GPU time for 5 steps), so what is measured here is host overhead: bitsandbytes' per-parameter
