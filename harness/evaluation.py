@@ -131,8 +131,9 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
     for temperature in s.eval.temperatures if s.eval.samples else ():
         keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
     if s.eval.overlap:
-        # Beside the busy child a compiled decode may answer otherwise (``harness.overlap``): such answers are not
-        # served to a run that did not ask for them. The samples are drawn after the child has gone.
+        # Beside the busy child a compiled decode may answer otherwise (``harness.overlap``; "auto" compiles where
+        # a call decodes many steps): such answers are not served to a run that did not ask for them. The samples
+        # are drawn after the child has gone.
         keys["merged"] = {**keys["merged"], "beside_4bit_child": True}
     if prompts := _fp32_prompts(run):
         in_fp32 = answers.identity(run.tokenizer, prompts, _fp32_generation(s), _fp32_train(s))
@@ -208,7 +209,7 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
     if beside is None:
         _answer(run, "merged", lm)
     else:
-        beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model's compile
+        beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
         # In the batch the plan was made for (the free memory the child leaves would choose another).
         _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
         reference = _collect_beside(run, beside)
@@ -295,22 +296,29 @@ def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None, beside:
     prompts, cfg, seeds = sampling or (run.prompts, run.s.generation, None)
     progress = run.progress and distributed.world().main
 
+    plans: list[generate.DecodePlan] = []  # this process's call (its share, under a launcher)
+
     def produce(indices: list[int]) -> list[Generation]:
         if not indices:
             return []
-        return generate.generate(lm, run.tokenizer, [prompts[i] for i in indices], cfg, progress,
-                                 seeds=None if seeds is None else [seeds[i] for i in indices])
+        chunk = [prompts[i] for i in indices]
+        plans.append(generate.decode_plan(lm, run.tokenizer, chunk, cfg))
+        return generate.generate(lm, run.tokenizer, chunk, cfg, progress,
+                                 seeds=None if seeds is None else [seeds[i] for i in indices], plan=plans[-1])
 
     made, seconds = generate.timed(lambda: distributed.sharded(produce, len(prompts)))
-    _keep(run, name, made, seconds, beside)
+    _keep(run, name, made, seconds, beside, plans[0] if plans else None)
 
 
-def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: str | None = None) -> None:
-    """``name``'s answers, generated now in ``seconds`` (``beside``: alongside that set's, in another process),
-    into the run and the cache."""
+def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: str | None = None,
+          plan: generate.DecodePlan | None = None) -> None:
+    """``name``'s answers, generated now in ``seconds`` (``beside``: alongside that set's, in another process;
+    ``plan``: how they were decoded, where this process decoded them), into the run and the cache."""
     tokens = sum(g.new_tokens for g in made)
     timing: dict[str, Any] = {"seconds": round(seconds, 3), "new_tokens": tokens,
                               "tokens_per_s": round(tokens / seconds, 1)}
+    if plan is not None:  # what "auto" chose: the cache key holds the settings, not the free memory they met
+        timing.update(batch_size=plan.batch_size, decode="compiled" if plan.cache == "static" else "eager")
     run.timing[name] = timing | ({"beside": beside} if beside else {})
     run.outputs[name] = made
     run.generated.append(name)

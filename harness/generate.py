@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from harness.cache import atomic_write_text
 from harness.config import GenerationConfig
 from harness.errors import InputError
-from harness.model import attention_kernels
 from harness.prompts import build_prompt
 
 T = TypeVar("T")
@@ -50,15 +49,18 @@ CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only a
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
 # Compiling the decode step costs ~33 s once per shape (SmolLM2, H200) and saves each decode step's host launch
 # time: ~10 ms on SmolLM2 at batch 316 (one batch of 320 steps: eager 8.3 s, compiled 38.2 s with its compile,
-# one process), 24.6 ms on the 7B shape at batch 32 (eager 35.5 ms a step, compiled 10.9). So it pays only past
-# ~1,600-3,300 decode steps in one call: 8 batches of 320 new tokens. A small model with every prompt in one
-# batch decodes eagerly, and the same text as eager kernels gives.
+# one process), 24.6 ms on the 7B shape at batch 32 (eager 35.5 ms a step, compiled 10.9). If the 7B compiles in
+# about the same time (not measured), compiling pays past ~1,300 (7B) to ~3,300 (SmolLM2) decode steps in one
+# call: 2,560 is 8 batches of 320 new tokens. A 7B evaluation under a T4's memory (40 batches of 8) compiles; on
+# an H200 (316 prompts in 1-2 batches) it decodes eagerly. The choice is per call: a second model of the same
+# shape reuses a compiled step (the base after the merged model), which this leaves aside.
 COMPILE_MIN_STEPS = 2_560
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
 MAX_CHAR_TOKENS = 3  # bytes of a character left unfinished (at most 3 of 4), so at most as many tokens
-# In the generation cache's key: bump when what ``generate`` makes of the tokens changes, so answers cached by
-# an earlier version are made again (2: a character left unfinished by the token budget is dropped).
-ANSWER_FORMAT = 2
+# In the generation cache's key: bump when what ``generate`` answers for the same settings changes, so answers
+# cached by an earlier version are made again (2: a character left unfinished by the token budget is dropped; 3: "auto"
+# decodes eagerly where the compile does not pay, and without cuDNN's attention, which changes greedy text).
+ANSWER_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +85,36 @@ def sample_seed(seed: int, prompt: str, k: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64, as torch.Generator takes
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """How one call decodes: rows per batch, and the KV cache ("static": the decode step compiled; "dynamic":
+    eager), as ``cache = "auto"`` resolved it for this model, these prompts and the free memory."""
+
+    batch_size: int
+    cache: str
+
+
+def decode_plan(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig) -> DecodePlan:
+    """The batch size (``cfg.batch_size`` or what the free memory holds) and the cache of a call (``resolve_cache``
+    on its decode steps: batches x ``max_new_tokens``)."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
+    steps = math.ceil(len(prompts) / size) * cfg.max_new_tokens
+    return DecodePlan(batch_size=size, cache=resolve_cache(cfg.cache, model, decode_steps=steps))
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
-             progress: bool = False, seeds: Sequence[int] | None = None) -> list[Generation]:
-    """Generate one response per prompt, returned in the prompts' order.
+             progress: bool = False, seeds: Sequence[int] | None = None,
+             plan: DecodePlan | None = None) -> list[Generation]:
+    """Generate one response per prompt, returned in the prompts' order (``plan``: the call's ``decode_plan``,
+    made here when not given).
 
     Sampling (``cfg.do_sample``) draws each answer with its own generator, seeded by ``seeds`` (default: the
     first ``sample_seed`` of each prompt), so an answer does not depend on what it was batched with.
     """
+    from harness.model import attention_kernels  # not at import: judging saved answers loads no transformers
+
     cfg = cfg or GenerationConfig()
     if cfg.do_sample and seeds is None:
         seeds = [sample_seed(cfg.seed, p, 0) for p in prompts]
@@ -101,14 +125,15 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     model.eval()
     model.config.use_cache = True  # training switches it off; decoding without it is quadratic
     tokenizer.padding_side = "left"  # so every row's last prompt token sits at the same position
+    plan = plan or decode_plan(model, tokenizer, prompts, cfg)
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
-    size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
-    cache = resolve_cache(cfg.cache, model, decode_steps=math.ceil(len(prompts) / size) * cfg.max_new_tokens)
-    batches = plan_batches(lengths, size, fill=cache == "static")
-    decoding = _decoding(cfg, cache, max(lengths) + cfg.max_new_tokens)
-    if cache == "static":
+    batches = plan_batches(lengths, plan.batch_size, fill=plan.cache == "static")
+    decoding = _decoding(cfg, plan.cache, max(lengths) + cfg.max_new_tokens)
+    if plan.cache == "static":
         _forget_cache_length(model)
     results: dict[int, Generation] = {}
+    # (A decode step compiled under one setting may keep the kernels it was traced with: a process switching
+    # ``cudnn_attention`` between compiled calls wants ``torch._dynamo.reset()``; the harness never switches.)
     with attention_kernels(model.device, cfg.cudnn_attention):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             chunk = [prompts[i] for i in batch]

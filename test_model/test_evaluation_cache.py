@@ -166,6 +166,9 @@ def test_the_4bit_model_answering_in_a_child_process_gives_the_serial_answers_an
     beside = stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir)
     assert beside.report["generation_timing"]["adapter"]["beside"] == "merged"  # it did run in the child
     assert "beside" not in serial.report["generation_timing"]["adapter"]
+    timing = serial.report["generation_timing"]  # how each set was decoded here: the plan "auto" would not key
+    assert {(timing[n]["decode"], timing[n]["batch_size"]) for n in ("merged", "control", "adapter")} == {("eager", 4)}
+    assert "decode" not in beside.report["generation_timing"]["adapter"]  # the child's plan is its own
     assert beside.adapter == serial.adapter and beside.merged == serial.merged
     for key in ("metrics", "agreement", "retention"):  # the fidelity's logits came back from the child too
         assert beside.report[key] == serial.report[key], key

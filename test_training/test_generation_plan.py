@@ -156,22 +156,28 @@ def test_auto_compiles_only_a_plain_cuda_model_whose_call_decodes_enough_steps(d
 
 def test_one_batch_of_a_small_model_decodes_eagerly_and_many_batches_of_a_large_one_compile():
     # SmolLM2's 316 held-out prompts fit one batch of 320 steps on an H200 (eager 8.3 s against 38.2 s compiled);
-    # the 7B shape under a T4's memory answers them 8 at a time (40 batches).
-    from harness.generate import resolve_cache
+    # the 7B shape under a T4's memory answers them 8 at a time (40 batches); on an H200, in 1-2 batches, eagerly.
+    from harness.generate import COMPILE_MIN_STEPS, resolve_cache
 
     cuda = _model_on("cuda")
     assert resolve_cache("auto", cuda, decode_steps=1 * 320) == "dynamic"
+    assert resolve_cache("auto", cuda, decode_steps=2 * 320) == "dynamic"
     assert resolve_cache("auto", cuda, decode_steps=40 * 320) == "static"
+    assert resolve_cache("auto", cuda, decode_steps=COMPILE_MIN_STEPS - 1) == "dynamic"  # the boundary
+    assert resolve_cache("auto", cuda, decode_steps=COMPILE_MIN_STEPS) == "static"
 
 
-def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice(monkeypatch, tiny_base_dir):
+@pytest.mark.parametrize(("n_prompts", "batch_size", "batches", "cudnn"),
+                         [(5, 2, 3, False), (20, None, 2, True)])  # None: the CPU's own batch (16)
+def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice(
+        monkeypatch, tiny_base_dir, n_prompts, batch_size, batches, cudnn):
     import contextlib
 
     import torch
 
     from harness import generate
+    from harness import model as models
     from harness.config import GenerationConfig
-    from harness.model import load_base, load_tokenizer
 
     seen: dict[str, object] = {}
     real_resolve = generate.resolve_cache
@@ -186,7 +192,7 @@ def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice
         yield
         seen["inside"] = False
 
-    model = load_base(tiny_base_dir, torch.float32)
+    model = models.load_base(tiny_base_dir, torch.float32)
     real_generate = model.generate
 
     def recording_generate(*args, **kwargs):
@@ -194,12 +200,13 @@ def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(generate, "resolve_cache", resolve)
-    monkeypatch.setattr(generate, "attention_kernels", kernels)
+    monkeypatch.setattr(models, "attention_kernels", kernels)
     monkeypatch.setattr(model, "generate", recording_generate)
-    prompts = [f"### Instruction:\nName {n} things.\n\n### Response:\n" for n in range(5)]
-    generate.generate(model, load_tokenizer(tiny_base_dir), prompts, GenerationConfig(max_new_tokens=4, batch_size=2))
-    assert seen["steps"] == 3 * 4  # three batches of two rows, four new tokens each
-    assert seen["kernels"] == ("cpu", False) and seen["calls_inside"] == [True, True, True]
+    prompts = [f"### Instruction:\nName {n} things.\n\n### Response:\n" for n in range(n_prompts)]
+    cfg = GenerationConfig(max_new_tokens=4, batch_size=batch_size, cudnn_attention=cudnn)
+    generate.generate(model, models.load_tokenizer(tiny_base_dir), prompts, cfg)
+    assert seen["steps"] == batches * 4  # batches of the plan, four new tokens each
+    assert seen["kernels"] == ("cpu", cudnn) and seen["calls_inside"] == [True] * batches
 
 
 def test_cudnn_attention_is_off_on_cuda_unless_asked_and_untouched_elsewhere():
@@ -208,6 +215,7 @@ def test_cudnn_attention_is_off_on_cuda_unless_asked_and_untouched_elsewhere():
     from harness.model import attention_kernels
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
+    assert before, "torch's default lets cuDNN's attention run, or this test shows nothing"
     with attention_kernels(torch.device("cuda"), cudnn=False):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
