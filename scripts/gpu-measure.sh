@@ -186,6 +186,8 @@ variants = {"4bit-eager": (four_bit, "dynamic", False), "merged-eager": (merged,
             "merged-compiled": (merged, "static", False), "judged-eager": (judged, "dynamic", False),
             "merged-compiled-emulated": (merged, "static", True), "judged-compiled-emulated": (judged, "static", True)}
 chosen = [v for v in os.environ.get("DECODE_VARIANTS", "").split(",") if v] or list(variants)
+if unknown := [v for v in chosen if v not in variants]:
+    sys.exit(f"DECODE_VARIANTS: no variant {', '.join(unknown)} (there are {', '.join(variants)})")
 result, answers = {"prompts": len(prompts)}, {}
 for name in chosen:
     load, cache, emulate = variants[name]
@@ -223,9 +225,10 @@ PY
     ;;
 cudnn-decode)
     step cudnn-decode "$PY" - "$BASE" "$OUT_DIR" <<'PY'
-# Eager greedy decoding of the base, 4-bit then bf16, the held-out prompts in one batch, with SDPA free to pick
-# cuDNN's attention and without it: seconds (the 4-bit model first, so it pays cuDNN's graphs for the process)
-# and how many answers keep their text.
+# Eager greedy decoding of the base, 4-bit then bf16, the held-out prompts in one batch, without cuDNN's attention
+# and with SDPA free to pick it: seconds and how many answers keep their text. The first run (4-bit, no cuDNN)
+# also pays the process's warm-up, against the default; the 4-bit model with cuDNN pays its graphs for the
+# process, and the bf16 model after it finds them built.
 import dataclasses
 import json
 import sys
@@ -374,7 +377,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold|decode-equivalence TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
+         "| eval-cold TOML... | decode-equivalence TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
