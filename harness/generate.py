@@ -58,8 +58,8 @@ COMPILE_MIN_STEPS = 2_560
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
 MAX_CHAR_TOKENS = 3  # bytes of a character left unfinished (at most 3 of 4), so at most as many tokens
 # In the generation cache's key: bump when what ``generate`` answers for the same settings changes, so answers
-# cached by an earlier version are made again (2: a character left unfinished by the token budget is dropped; 3: "auto"
-# decodes eagerly where the compile does not pay, and without cuDNN's attention, which changes greedy text).
+# cached by an earlier version are made again (2: a character left unfinished by the token budget is dropped;
+# 3: "auto" decodes eagerly where the compile does not pay, and without cuDNN's attention: other greedy text).
 ANSWER_FORMAT = 3
 
 
@@ -88,19 +88,21 @@ def sample_seed(seed: int, prompt: str, k: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class DecodePlan:
     """How one call decodes: rows per batch, and the KV cache ("static": the decode step compiled; "dynamic":
-    eager), as ``cache = "auto"`` resolved it for this model, these prompts and the free memory."""
+    eager), as ``cache = "auto"`` resolved it for this model, these prompts and the free memory; with the
+    prompts' token counts it was planned from."""
 
     batch_size: int
     cache: str
+    lengths: tuple[int, ...]
 
 
 def decode_plan(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig) -> DecodePlan:
     """The batch size (``cfg.batch_size`` or what the free memory holds) and the cache of a call (``resolve_cache``
     on its decode steps: batches x ``max_new_tokens``)."""
-    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    lengths = tuple(len(ids) for ids in tokenizer(list(prompts))["input_ids"])
     size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
     steps = math.ceil(len(prompts) / size) * cfg.max_new_tokens
-    return DecodePlan(batch_size=size, cache=resolve_cache(cfg.cache, model, decode_steps=steps))
+    return DecodePlan(batch_size=size, cache=resolve_cache(cfg.cache, model, decode_steps=steps), lengths=lengths)
 
 
 @torch.inference_mode()
@@ -126,9 +128,8 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     model.config.use_cache = True  # training switches it off; decoding without it is quadratic
     tokenizer.padding_side = "left"  # so every row's last prompt token sits at the same position
     plan = plan or decode_plan(model, tokenizer, prompts, cfg)
-    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
-    batches = plan_batches(lengths, plan.batch_size, fill=plan.cache == "static")
-    decoding = _decoding(cfg, plan.cache, max(lengths) + cfg.max_new_tokens)
+    batches = plan_batches(plan.lengths, plan.batch_size, fill=plan.cache == "static")
+    decoding = _decoding(cfg, plan.cache, max(plan.lengths) + cfg.max_new_tokens)
     if plan.cache == "static":
         _forget_cache_length(model)
     results: dict[int, Generation] = {}
