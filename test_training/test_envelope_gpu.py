@@ -122,17 +122,26 @@ def _recipe_trainer(recipe: str, shape_dir: Path, tokenizer, gpu_profile, tmp_pa
     return train.make_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora)[0], cfg
 
 
+def _rates_or_measured(rates: dict[str, dict], names: tuple[str, ...], make_trainer, gpu_profile,
+                       tmp_path_factory) -> list[dict]:
+    """Each name's step rates: its benchmark's when it ran in this session, else measured here with the trainer
+    ``make_trainer(name, tmp_path)`` builds (for a goal test run on its own)."""
+    for name in names:
+        if "samples_per_s" not in rates.get(name, {}):
+            trainer, cfg = make_trainer(name, tmp_path_factory.mktemp(f"rates-{name}"))
+            rates[name] = perf.time_plainly(trainer, cfg, gpu_profile)
+            del trainer
+            _free_cuda()
+    return [rates[name] for name in names]
+
+
 @pytest.fixture(scope="module")
 def recipe_rates(training_rates, shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory):
     """(original, default) rates: the benchmarks' when they ran in this session, else measured here."""
-    for recipe in ("original", "default"):
-        if "samples_per_s" not in training_rates.get(recipe, {}):
-            trainer, cfg = _recipe_trainer(recipe, shape_dir, shape_tokenizer, gpu_profile,
-                                           tmp_path_factory.mktemp(f"rates-{recipe}"))
-            training_rates[recipe] = perf.time_plainly(trainer, cfg, gpu_profile)
-            del trainer
-            _free_cuda()
-    return training_rates["original"], training_rates["default"]
+    return tuple(_rates_or_measured(
+        training_rates, ("original", "default"),
+        lambda recipe, tmp: _recipe_trainer(recipe, shape_dir, shape_tokenizer, gpu_profile, tmp),
+        gpu_profile, tmp_path_factory))
 
 
 def test_default_recipe_trains_twice_as_fast_as_the_original(recipe_rates) -> None:
@@ -179,14 +188,10 @@ def _peer_trainer(trainer_kind: str, shape_dir: Path, tokenizer, gpu_profile, tm
 def test_harness_step_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
                                                   tmp_path_factory, record_property) -> None:
     # Goal: >= 1.2x TRL's samples/s at equal memory; missed (PEER_WHY), so the measured ratio is what is held.
-    for kind in ("harness", "trl"):
-        if "samples_per_s" not in peer_rates.get(kind, {}):
-            trainer, cfg = _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile,
-                                         tmp_path_factory.mktemp(f"peer-{kind}"))
-            peer_rates[kind] = perf.time_plainly(trainer, cfg, None)
-            del trainer
-            _free_cuda()
-    ours, theirs = peer_rates["harness"], peer_rates["trl"]
+    ours, theirs = _rates_or_measured(
+        peer_rates, ("harness", "trl"),
+        lambda kind, tmp: _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile, tmp),
+        gpu_profile, tmp_path_factory)  # gpu_profile is None here: the peers are compared on the whole card
     speed = ours["samples_per_s"] / theirs["samples_per_s"]
     memory = ours["peak_allocated_gib"] / theirs["peak_allocated_gib"]
     record_property("speed_vs_trl", speed)
