@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()  # before the libraries load: a report's stage timing counts their import
     # bitsandbytes logs a notice about optional CPU kernels on import, which would come before a one-line error
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     try:
         _check_launcher(args.command)
+        args.started = started
         return int(args._run(args) or 0)
     except (InputError, OSError) as err:
         print(f"hearts {args.command}: error: {_one_line(err)}", file=sys.stderr)

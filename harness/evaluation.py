@@ -23,10 +23,12 @@ answers, so the report is the one a single process makes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,24 +82,36 @@ class _Run:
     outputs: dict[str, list[Generation]] = dataclasses.field(default_factory=dict)
     generated: list[str] = dataclasses.field(default_factory=list)
     timing: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
+    # stage -> wall seconds, in the order first met: where a cold evaluation's time goes besides generation
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def use_cache(self) -> bool:
         return self.s.eval.generation_cache and not self.s.retrain
 
 
-def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False) -> Evaluation:
-    """Generate with every model of the run, judge, measure fidelity and retention, and build the report."""
+def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False,
+             since: float | None = None) -> Evaluation:
+    """Generate with every model of the run, judge, measure fidelity and retention, and build the report.
+
+    ``since``: when the command started (``time.perf_counter()``); the report's ``stage_timing`` then begins with
+    what came before the evaluation (imports, settings, the adapter and merge: from the cache, or made)."""
+    start = time.perf_counter()
     run = _Run(s, adapter, merged_dir, model.load_tokenizer(adapter.path), held_out_prompts(s.eval), progress)
-    run.keys = _identities(run)
+    if since is not None:
+        run.stages["before evaluation"] = start - since
+    run.stages["tokenizer and prompts"] = time.perf_counter() - start
+    with _stage(run, "cache keys"):  # content digests of the merged weights and the adapter
+        run.keys = _identities(run)
     # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
     # agreement must not measure again.
     measure_key = {"answers": {name: cache.cache_key(run.keys[name]) for name in MEASURED_SETS if name in run.keys},
                    "fidelity_prompts": FIDELITY_PROMPTS}
     # Rank 0 reads the cache for all ranks: a concurrent run completing an entry between two ranks' lookups
     # would send them down different paths (and into different collectives).
-    found, measured = distributed.broadcast(_cached_outputs(run, measure_key) if distributed.world().main
-                                            else None)
+    with _stage(run, "cache lookup"):
+        found, measured = distributed.broadcast(_cached_outputs(run, measure_key) if distributed.world().main
+                                                else None)
     run.outputs.update(found)
     fresh = _run_models(run, need_measure=measured is None)
     if measured is None:
@@ -193,9 +207,13 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
 def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
     """The 4-bit model's answers in this process; returns its logits for the fidelity when ``need_measure``."""
     s = run.s
-    lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train))
+    with _stage(run, "load adapter"):
+        lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train))
     _answer(run, "adapter", lm)
-    reference = merge.logits_on(lm, _teacher_forced(run)) if need_measure else None
+    reference = None
+    if need_measure:
+        with _stage(run, "fidelity"):
+            reference = merge.logits_on(lm, _teacher_forced(run))
     del lm
     _release_memory()
     return reference
@@ -205,18 +223,21 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
                     measured: dict[str, Any]) -> None:
     """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
     s = run.s
-    lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
+    with _stage(run, "load merged"):
+        lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
     if beside is None:
         _answer(run, "merged", lm)
     else:
         beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
         # In the batch the plan was made for (the free memory the child leaves would choose another).
         _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
-        reference = _collect_beside(run, beside)
+        with _stage(run, "wait for adapter"):  # the child's answers, if it is still decoding
+            reference = _collect_beside(run, beside)
     for key, temperature in _sampled_sets(run.keys).items():  # the child has exited: its memory is free again
         _answer(run, key, lm, _samples(run, temperature))
     if reference is not None:
-        measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
+        with _stage(run, "fidelity"):
+            measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
     del lm, reference
     _release_memory()
 
@@ -224,12 +245,15 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
 def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) -> None:
     """The base model's answers (the negative control), then its NLL of both answer sets (retention)."""
     s = run.s
-    lm = model.load_base(run.adapter.base, model.run_dtype(s.train), s.train.revision, model.run_device(s.train))
+    with _stage(run, "load control"):
+        lm = model.load_base(run.adapter.base, model.run_dtype(s.train), s.train.revision,
+                             model.run_device(s.train))
     _answer(run, "control", lm)
     if need_measure:
-        measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
-                                                  [g.response for g in run.outputs["merged"]],
-                                                  [g.response for g in run.outputs["control"]])
+        with _stage(run, "retention"):
+            measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
+                                                      [g.response for g in run.outputs["merged"]],
+                                                      [g.response for g in run.outputs["control"]])
     del lm
     _release_memory()
 
@@ -277,7 +301,8 @@ def _answer_in_fp32(run: _Run) -> None:
                                                               method=s.merge.method)}
     for name, load in loads.items():
         if name not in run.outputs:  # one model at a time, dropped before the next
-            lm = load()
+            with _stage(run, f"load {name}"):
+                lm = load()
             _answer(run, name, lm, (prompts, cfg, None))
             del lm
             _release_memory()
@@ -306,8 +331,9 @@ def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None, beside:
         return generate.generate(lm, run.tokenizer, chunk, cfg, progress,
                                  seeds=None if seeds is None else [seeds[i] for i in indices], plan=plans[-1])
 
-    made, seconds = generate.timed(lambda: distributed.sharded(produce, len(prompts)))
-    _keep(run, name, made, seconds, beside, plans[0] if plans else None)
+    with _stage(run, f"generate {name}"):
+        made, seconds = generate.timed(lambda: distributed.sharded(produce, len(prompts)))
+        _keep(run, name, made, seconds, beside, plans[0] if plans else None)
 
 
 def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: str | None = None,
@@ -336,9 +362,19 @@ def _samples(run: _Run, temperature: float) -> _Sampling:
 
 
 def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
+    with _stage(run, "judge and report"):  # the verdicts, statistics and tables (the plots are drawn on writing)
+        report = _build(run, measured)
+    report["generation_timing"] = run.timing  # this run's generation only: cached answer sets cost nothing
+    report["stage_timing"] = {name: round(seconds, 3) for name, seconds in run.stages.items()}
+    sampled = {t: run.outputs[name] for name, t in _sampled_sets(run.outputs).items()}
+    return Evaluation(run.prompts, run.outputs["merged"], run.outputs["control"], run.outputs.get("adapter"),
+                      sampled, report, tuple(run.generated))
+
+
+def _build(run: _Run, measured: dict[str, Any]) -> dict[str, Any]:
     s, adapter = run.s, run.adapter
     sampled = {t: run.outputs[name] for name, t in _sampled_sets(run.outputs).items()}
-    report = build_report(
+    return build_report(
         # absolute: `hearts upload` reads these from wherever the report is, not from where eval ran
         model={"base": s.train.base_model, "base_resolved": _absolute(adapter.base),
                "adapter_path": _absolute(adapter.path), "merged_path": _absolute(run.merged_dir),
@@ -350,9 +386,16 @@ def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
         retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )
-    report["generation_timing"] = run.timing  # this run's generation only: cached answer sets cost nothing
-    return Evaluation(run.prompts, run.outputs["merged"], run.outputs["control"], run.outputs.get("adapter"),
-                      sampled, report, tuple(run.generated))
+
+
+@contextlib.contextmanager
+def _stage(run: _Run, name: str) -> Iterator[None]:
+    """Adds the block's wall seconds, its queued GPU work included, to ``run.stages[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        run.stages[name] = run.stages.get(name, 0.0) + generate.seconds_since(start)
 
 
 def _teacher_forced(run: _Run) -> BatchEncoding:

@@ -153,9 +153,14 @@ def timed(produce: Callable[[], T]) -> tuple[T, float]:
     """``produce()``'s result and its wall seconds, the GPU's queued work included (CUDA runs asynchronously)."""
     start = time.perf_counter()
     result = produce()
+    return result, seconds_since(start)
+
+
+def seconds_since(start: float) -> float:
+    """Wall seconds since ``start`` (``time.perf_counter()``) once the GPU's queued work is done."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return result, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def generate_and_release(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,

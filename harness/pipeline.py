@@ -19,7 +19,6 @@ def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:
     return adapter, merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
 
 
-
 def summary_table(report: dict[str, Any]) -> str:
     """Merged model vs base control, one row per check, with Wilson intervals."""
 
@@ -47,3 +46,10 @@ def timing_line(report: dict[str, Any]) -> str:
     total = sum(t["seconds"] for t in timing.values())
     return f"generation: {', '.join(parts)}; total {total:.1f} s" + (" of generation work" if any(
         "beside" in t for t in timing.values()) else "")
+
+
+def stages_line(report: dict[str, Any]) -> str:
+    """Where the command's time went, stage by stage, in the order the stages ran (the report's ``stage_timing``)."""
+    stages = report.get("stage_timing") or {}
+    return "time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items()) + (
+        f"; total {sum(stages.values()):.1f} s before writing the report")

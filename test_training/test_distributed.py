@@ -50,7 +50,7 @@ max_rows = 48
 [eval]
 max_prompts = 9             # 5 prompts for rank 0, 4 for rank 1
 """
-REPORT_PER_RUN = {"created", "environment", "generation_timing"}  # what differs between any two runs
+REPORT_PER_RUN = {"created", "environment", "generation_timing", "stage_timing"}  # what differs between any two runs
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.staging import replace_dir
 
     adapter, merged_dir = pipeline.train_and_merge(s)
-    report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
+    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, since=args.started).report
     if not distributed.world().main:
         return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
@@ -51,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {out / REPORT_JSON}")
     print(pipeline.summary_table(report))
     print(pipeline.timing_line(report))
+    print(pipeline.stages_line(report))
     return 0

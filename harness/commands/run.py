@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if distributed.world().main:
         print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
         print(f"merged:  {merged_dir}")
-    report = evaluation.evaluate(s, adapter, merged_dir, progress=True).report
+    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, since=args.started).report
     if not distributed.world().main:
         return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     path = out / REPORT_JSON
     print(pipeline.summary_table(report))
     print(pipeline.timing_line(report))
+    print(pipeline.stages_line(report))
     result = gate.evaluate(path, cfg)
     print(result.table())
     print(f"report: {path}  ({out / REPORT_MD})")
