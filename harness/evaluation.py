@@ -69,6 +69,26 @@ def held_out_prompts(cfg: EvalConfig) -> list[str]:
 
 
 @dataclasses.dataclass
+class Stages:
+    """Wall seconds per named stage, in the order first met, the GPU's queued work included: the report's
+    ``stage_timing``, where a command's time went besides generation."""
+
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        """Adds the block's seconds to ``name``'s."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, generate.seconds_since(start))
+
+
+@dataclasses.dataclass
 class _Run:
     """What one evaluation needs and has so far: settings, identities (cache keys) and outputs."""
 
@@ -82,8 +102,7 @@ class _Run:
     outputs: dict[str, list[Generation]] = dataclasses.field(default_factory=dict)
     generated: list[str] = dataclasses.field(default_factory=list)
     timing: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
-    # stage -> wall seconds, in the order first met: where a cold evaluation's time goes besides generation
-    stages: dict[str, float] = dataclasses.field(default_factory=dict)
+    stages: Stages = dataclasses.field(default_factory=Stages)
 
     @property
     def use_cache(self) -> bool:
@@ -91,17 +110,16 @@ class _Run:
 
 
 def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False,
-             since: float | None = None) -> Evaluation:
+             stages: Stages | None = None) -> Evaluation:
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report.
 
-    ``since``: when the command started (``time.perf_counter()``); the report's ``stage_timing`` then begins with
-    what came before the evaluation (imports, settings, the adapter and merge: from the cache, or made)."""
-    start = time.perf_counter()
-    run = _Run(s, adapter, merged_dir, model.load_tokenizer(adapter.path), held_out_prompts(s.eval), progress)
-    if since is not None:
-        run.stages["before evaluation"] = start - since
-    run.stages["tokenizer and prompts"] = time.perf_counter() - start
-    with _stage(run, "cache keys"):  # content digests of the merged weights and the adapter
+    ``stages``: the command's stages so far (its imports, the adapter and merge), which the evaluation's follow in
+    the report's ``stage_timing``."""
+    stages = Stages() if stages is None else stages
+    with stages("tokenizer and prompts"):
+        tokenizer, prompts = model.load_tokenizer(adapter.path), held_out_prompts(s.eval)
+    run = _Run(s, adapter, merged_dir, tokenizer, prompts, progress, stages=stages)
+    with run.stages("cache keys"):  # content digests of the merged weights and the adapter
         run.keys = _identities(run)
     # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
     # agreement must not measure again.
@@ -109,7 +127,7 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
                    "fidelity_prompts": FIDELITY_PROMPTS}
     # Rank 0 reads the cache for all ranks: a concurrent run completing an entry between two ranks' lookups
     # would send them down different paths (and into different collectives).
-    with _stage(run, "cache lookup"):
+    with run.stages("cache lookup"):
         found, measured = distributed.broadcast(_cached_outputs(run, measure_key) if distributed.world().main
                                                 else None)
     run.outputs.update(found)
@@ -207,12 +225,12 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
 def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
     """The 4-bit model's answers in this process; returns its logits for the fidelity when ``need_measure``."""
     s = run.s
-    with _stage(run, "load adapter"):
+    with run.stages("load adapter"):
         lm = merge.load_adapter_model(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train))
     _answer(run, "adapter", lm)
     reference = None
     if need_measure:
-        with _stage(run, "fidelity"):
+        with run.stages("fidelity"):
             reference = merge.logits_on(lm, _teacher_forced(run))
     del lm
     _release_memory()
@@ -223,7 +241,7 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
                     measured: dict[str, Any]) -> None:
     """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
     s = run.s
-    with _stage(run, "load merged"):
+    with run.stages("load merged"):
         lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
     if beside is None:
         _answer(run, "merged", lm)
@@ -231,12 +249,12 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
         beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
         # In the batch the plan was made for (the free memory the child leaves would choose another).
         _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
-        with _stage(run, "wait for adapter"):  # the child's answers, if it is still decoding
+        with run.stages("wait for adapter"):  # the child's answers, if it is still decoding
             reference = _collect_beside(run, beside)
     for key, temperature in _sampled_sets(run.keys).items():  # the child has exited: its memory is free again
         _answer(run, key, lm, _samples(run, temperature))
     if reference is not None:
-        with _stage(run, "fidelity"):
+        with run.stages("fidelity"):
             measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
     del lm, reference
     _release_memory()
@@ -245,12 +263,12 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
 def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) -> None:
     """The base model's answers (the negative control), then its NLL of both answer sets (retention)."""
     s = run.s
-    with _stage(run, "load control"):
+    with run.stages("load control"):
         lm = model.load_base(run.adapter.base, model.run_dtype(s.train), s.train.revision,
                              model.run_device(s.train))
     _answer(run, "control", lm)
     if need_measure:
-        with _stage(run, "retention"):
+        with run.stages("retention"):
             measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
                                                       [g.response for g in run.outputs["merged"]],
                                                       [g.response for g in run.outputs["control"]])
@@ -301,7 +319,7 @@ def _answer_in_fp32(run: _Run) -> None:
                                                               method=s.merge.method)}
     for name, load in loads.items():
         if name not in run.outputs:  # one model at a time, dropped before the next
-            with _stage(run, f"load {name}"):
+            with run.stages(f"load {name}"):
                 lm = load()
             _answer(run, name, lm, (prompts, cfg, None))
             del lm
@@ -331,7 +349,7 @@ def _answer(run: _Run, name: str, lm, sampling: _Sampling | None = None, beside:
         return generate.generate(lm, run.tokenizer, chunk, cfg, progress,
                                  seeds=None if seeds is None else [seeds[i] for i in indices], plan=plans[-1])
 
-    with _stage(run, f"generate {name}"):
+    with run.stages(f"generate {name}"):
         made, seconds = generate.timed(lambda: distributed.sharded(produce, len(prompts)))
         _keep(run, name, made, seconds, beside, plans[0] if plans else None)
 
@@ -362,10 +380,10 @@ def _samples(run: _Run, temperature: float) -> _Sampling:
 
 
 def _assemble(run: _Run, measured: dict[str, Any]) -> Evaluation:
-    with _stage(run, "judge and report"):  # the verdicts, statistics and tables (the plots are drawn on writing)
+    with run.stages("judge and report"):  # the verdicts, statistics and tables (the plots are drawn on writing)
         report = _build(run, measured)
     report["generation_timing"] = run.timing  # this run's generation only: cached answer sets cost nothing
-    report["stage_timing"] = {name: round(seconds, 3) for name, seconds in run.stages.items()}
+    report["stage_timing"] = {name: round(seconds, 3) for name, seconds in run.stages.seconds.items()}
     sampled = {t: run.outputs[name] for name, t in _sampled_sets(run.outputs).items()}
     return Evaluation(run.prompts, run.outputs["merged"], run.outputs["control"], run.outputs.get("adapter"),
                       sampled, report, tuple(run.generated))
@@ -386,16 +404,6 @@ def _build(run: _Run, measured: dict[str, Any]) -> dict[str, Any]:
         retention=measured.get("retention"), sampled={t: (s.eval.samples, g) for t, g in sampled.items()},
         training=_read_json(adapter.path / METRICS), data_stats=_read_json(adapter.path / "data_stats.json"),
     )
-
-
-@contextlib.contextmanager
-def _stage(run: _Run, name: str) -> Iterator[None]:
-    """Adds the block's wall seconds, its queued GPU work included, to ``run.stages[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        run.stages[name] = run.stages.get(name, 0.0) + generate.seconds_since(start)
 
 
 def _teacher_forced(run: _Run) -> BatchEncoding:

@@ -6,11 +6,21 @@ inputs have not changed, so a second run only evaluates.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from harness import checks, merge, model, train
 from harness.config import RunSettings
+from harness.evaluation import Stages
+
+
+def started_stages(started: float) -> Stages:
+    """A command's stage timing, begun with what it spent since ``started`` (``time.perf_counter()``): importing
+    the libraries and reading its settings."""
+    stages = Stages()
+    stages.add("imports and settings", time.perf_counter() - started)
+    return stages
 
 
 def train_and_merge(s: RunSettings) -> tuple[train.TrainedAdapter, Path]:

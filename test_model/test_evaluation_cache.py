@@ -55,18 +55,20 @@ def test_a_changed_generation_setting_is_generated_anew_and_then_cached(run_sett
 def test_the_report_says_where_the_evaluation_spent_its_time(run_settings, trained_adapter, merged_dir,
                                                               monkeypatch, tmp_path):
     s = dataclasses.replace(_settings(run_settings, max_prompts=3), artifacts=tmp_path)  # an empty cache
+    before = stage.Stages()
+    before.add("the command's own", 5.0)  # what a command measured before it called the evaluation
     started = time.perf_counter()
-    fresh = stage.evaluate(s, trained_adapter, merged_dir, since=started - 5.0)  # "the command began 5 s ago"
+    fresh = stage.evaluate(s, trained_adapter, merged_dir, stages=before)
     wall = time.perf_counter() - started
     stages = fresh.report["stage_timing"]
-    assert next(iter(stages)) == "before evaluation" and stages["before evaluation"] >= 5.0
+    assert next(iter(stages.items())) == ("the command's own", 5.0)  # first, as it came
     for name in ("adapter", "merged", "control"):
         assert stages[f"load {name}"] > 0
         assert stages[f"generate {name}"] >= fresh.report["generation_timing"][name]["seconds"]
     assert {"cache keys", "cache lookup", "fidelity", "retention", "judge and report"} <= set(stages)
-    assert sum(stages.values()) - stages["before evaluation"] <= wall  # stages do not overlap or count twice
-    # Negative control: re-judged from the cache, nothing is loaded, generated or measured, and without ``since``
-    # nothing before the evaluation is claimed.
+    assert sum(stages.values()) - 5.0 <= wall  # the stages do not overlap or count anything twice
+    # Negative control: re-judged from the cache, nothing is loaded, generated or measured, and with no stages
+    # given nothing before the evaluation is claimed.
     _forbid_models(monkeypatch)
     cached = stage.evaluate(s, trained_adapter, merged_dir).report["stage_timing"]
     assert set(cached) == {"tokenizer and prompts", "cache keys", "cache lookup", "judge and report"}

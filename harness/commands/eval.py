@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.report import REPORT_JSON, write_report
     from harness.staging import replace_dir
 
-    adapter, merged_dir = pipeline.train_and_merge(s)
-    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, since=args.started).report
+    stages = pipeline.started_stages(args.started)
+    with stages("adapter and merge"):  # from the cache, or trained and merged now
+        adapter, merged_dir = pipeline.train_and_merge(s)
+    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages).report
     if not distributed.world().main:
         return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
