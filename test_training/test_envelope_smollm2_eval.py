@@ -118,6 +118,8 @@ def test_benchmark_smollm2_evaluation(benchmark, way, merged, ways, tmp_path) ->
     benchmark.group = "evaluation-smollm2-135m"
     ways[way] = _judge_cold(way, merged, tmp_path, timer=benchmark.pedantic)
     benchmark.extra_info.update(ways[way])
+    # Said at once as well: a run cut short (a runner's time limit) writes no benchmark JSON at all.
+    print(f"\n{way}: {json.dumps(ways[way])}", flush=True)
 
 
 def _measured(ways, merged, tmp_path_factory, *names: str) -> list[dict]:
