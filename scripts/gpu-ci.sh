@@ -17,7 +17,8 @@
 #                       merge and generation tests, the model tests, one per extra training seed, the planted
 #                       fault (seven processes; with expandable segments, set below, measured on the H200 as
 #                       six, the generation tests among the training ones: ~4.5 min a seed, 72 GiB in use at
-#                       most; without them one SmolLM2 training reserves up to 28 GiB). The extra pytest
+#                       most; as seven with eager decoding, 2026-12: ~6 min a seed, the other parts over 8 min,
+#                       82 GiB; without them one SmolLM2 training reserves up to 28 GiB). The extra pytest
 #                       args must then not select tests (-k, paths): each process picks its own.
 #   GPU_CI_ENVELOPE=1   also run the 7B-shape envelope (minutes, ~30 GB of disk for the shape and its merge):
 #                       training/merge/generation under the T4 profile, then generation at batch 32, 64 and
