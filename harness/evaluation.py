@@ -47,6 +47,9 @@ SAMPLED = "sampled@"  # the name of a sampled answer set: SAMPLED + its temperat
 FP32_ADAPTER, FP32_MERGED = "adapter@fp32", "merged@fp32"  # the answer sets of the fp32 agreement
 MEASURED_SETS = ("adapter", "merged", "control")  # the answer sets the measurements are made on
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
+# Bumped when the measurements' arithmetic changes, so no cached entry from before is served: 2, their passes no
+# longer on cuDNN's attention (``model.measuring_kernels``).
+MEASURE_RECIPE = 2
 CONFIG_TABLES = ("train", "lora", "data", "merge", "generation", "eval")
 
 
@@ -124,7 +127,7 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
     # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
     # agreement must not measure again.
     measure_key = {"answers": {name: cache.cache_key(run.keys[name]) for name in MEASURED_SETS if name in run.keys},
-                   "fidelity_prompts": FIDELITY_PROMPTS}
+                   "fidelity_prompts": FIDELITY_PROMPTS, "recipe": MEASURE_RECIPE}
     # Rank 0 reads the cache for all ranks: a concurrent run completing an entry between two ranks' lookups
     # would send them down different paths (and into different collectives).
     with run.stages("cache lookup"):

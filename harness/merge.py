@@ -144,7 +144,9 @@ def teacher_forced(tokenizer, prompts: Sequence[str], responses: Sequence[str]) 
 def logits_on(model, batch: BatchEncoding) -> torch.Tensor:
     """The model's logits at the attended positions of ``batch`` (float32, on the CPU, one row a position)."""
     mask = batch["attention_mask"].bool()
-    return model(**batch.to(model.device)).logits.float().cpu()[mask.cpu()]
+    with models.measuring_kernels(model.device):
+        logits = model(**batch.to(model.device)).logits
+    return logits.float().cpu()[mask.cpu()]
 
 
 def compare_logits(reference: torch.Tensor, got: torch.Tensor) -> dict[str, float]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness import model as models
 from harness.transform import unsprinkle
 
 CONFIDENCE = 0.95
@@ -111,7 +112,8 @@ def _batch_nll(model, rows: list[tuple[list[int], int]], pad_id: int) -> list[fl
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
         labels[r, start : len(row)] = torch.tensor(row[start:])
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+    with models.measuring_kernels(model.device):
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
     shifted, targets = logits[:, :-1], labels[:, 1:].to(logits.device)
     losses = torch.nn.functional.cross_entropy(shifted.transpose(1, 2), targets, ignore_index=-100,
                                                reduction="none")

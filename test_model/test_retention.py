@@ -97,6 +97,34 @@ def test_answer_nll_does_not_depend_on_the_batch(tiny, prompt_texts):
     assert sum(retention.answer_nll(model, tok, prompts, word_salad)) != pytest.approx(sum(one))
 
 
+def test_the_teacher_forced_passes_run_on_the_measuring_kernels(tiny, prompt_texts, monkeypatch):
+    """Retention's NLL and the fidelity's logits both run inside ``model.measuring_kernels`` (on CUDA: no cuDNN
+    attention, which builds a host graph per batch shape), whatever generation was set to use."""
+    import contextlib
+
+    from harness import merge
+    from harness import model as models
+
+    model, tok = tiny
+    inside = {"now": False, "forwards": []}
+
+    @contextlib.contextmanager
+    def recording(device):
+        inside["now"] = True
+        yield
+        inside["now"] = False
+
+    monkeypatch.setattr(models, "measuring_kernels", recording)
+    handle = model.register_forward_pre_hook(lambda *_: inside["forwards"].append(inside["now"]))
+    try:
+        model(torch.tensor([[1, 2, 3]]))  # negative control: a forward outside them is seen as outside
+        retention.answer_nll(model, tok, prompt_texts[:3], BASE_ANSWERS[:3], batch_size=2)
+        merge.logits_on(model, merge.teacher_forced(tok, prompt_texts[:2], BASE_ANSWERS[:2]))
+    finally:
+        handle.remove()
+    assert inside["forwards"] == [False, True, True, True]  # two NLL batches, one logits pass
+
+
 # --- in the report and the gate ----------------------------------------------------------------------------
 
 

@@ -212,7 +212,7 @@ def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice
 def test_cudnn_attention_is_off_on_cuda_unless_asked_and_untouched_elsewhere():
     import torch
 
-    from harness.model import attention_kernels
+    from harness.model import attention_kernels, measuring_kernels
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     assert before, "torch's default lets cuDNN's attention run, or this test shows nothing"
@@ -223,3 +223,7 @@ def test_cudnn_attention_is_off_on_cuda_unless_asked_and_untouched_elsewhere():
     for device, cudnn in (("cuda", True), ("cpu", False)):  # negative controls: the choice is left to torch
         with attention_kernels(torch.device(device), cudnn=cudnn):
             assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with measuring_kernels(torch.device("cuda")):  # the teacher-forced passes: never cuDNN's, whatever was asked
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    with measuring_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
