@@ -2,8 +2,9 @@
 
 ``evaluate`` is the one way to do it: ``hearts eval``, ``hearts run`` and the test fixtures all call it. Models
 load one at a time and each is dropped before the next, in the order that lets a later one use what an earlier
-one left behind (with ``[eval] overlap``, the first answers in a child process while the second loads and
-answers: ``harness.overlap``):
+one left behind (with ``[eval] overlap``, the first answers in a child process while the merged and base models
+answer here and the retention is measured; the merged model then loads again for its samples and fidelity:
+``harness.overlap``):
 
 1. the 4-bit base + adapter, as trained (``[eval] with_adapter``): its answers, for the merged model's verdict
    agreement, and its logits on a few of those answers, the reference for the merge's logit fidelity;
@@ -169,7 +170,8 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
         # Beside the busy child a compiled decode may answer otherwise (``harness.overlap``; "auto" compiles where
         # a call decodes many steps): such answers are not served to a run that did not ask for them. The samples
         # are drawn after the child has gone.
-        keys["merged"] = {**keys["merged"], "beside_4bit_child": True}
+        for name in ("merged", "control"):
+            keys[name] = {**keys[name], "beside_4bit_child": True}
     if prompts := _fp32_prompts(run):
         in_fp32 = answers.identity(run.tokenizer, prompts, _fp32_generation(s), _fp32_train(s))
         keys[FP32_ADAPTER] = {**in_fp32, "model": keys["adapter"]["model"]}
@@ -213,16 +215,24 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     wants_adapter = "adapter" in run.keys and ("adapter" not in run.outputs or need_measure)
     beside = _start_beside(run, need_measure) if wants_adapter else None
     try:
-        reference = _adapter_here(run, need_measure) if wants_adapter and beside is None else None
-        if any(k not in run.outputs for k in ("merged", *_sampled_sets(run.keys))) or (need_measure and wants_adapter):
-            _merged_answers(run, beside, reference, measured)
+        if beside is not None:
+            _answers_beside(run, beside, measured, need_measure)
+        else:
+            reference = _adapter_here(run, need_measure) if wants_adapter else None
+            if _merged_wanted(run) or reference is not None:
+                _merged_answers(run, reference, measured)
+            if "control" not in run.outputs or need_measure:
+                _control_answers(run, measured, need_measure)
     finally:
         if beside is not None:  # exited already after its answers; ended here if this process failed first
             beside.child.stop()
-    if "control" not in run.outputs or need_measure:
-        _control_answers(run, measured, need_measure)
     _answer_in_fp32(run)
     return measured
+
+
+def _merged_wanted(run: _Run) -> bool:
+    """Whether the merged model has answers (greedy or sampled) to make."""
+    return any(k not in run.outputs for k in ("merged", *_sampled_sets(run.keys)))
 
 
 def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
@@ -240,21 +250,14 @@ def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
     return reference
 
 
-def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor | None,
-                    measured: dict[str, Any]) -> None:
-    """The release's greedy answers (and samples), then its logit fidelity against the 4-bit ``reference``."""
+def _merged_answers(run: _Run, reference: torch.Tensor | None, measured: dict[str, Any]) -> None:
+    """The release's greedy answers and samples (those not made yet), then its logit fidelity against the 4-bit
+    ``reference``."""
     s = run.s
     with run.stages("load merged"):
         lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
-    if beside is None:
-        _answer(run, "merged", lm)
-    else:
-        beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
-        # In the batch the plan was made for (the free memory the child leaves would choose another).
-        _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
-        with run.stages("wait for adapter"):  # the child's answers, if it is still decoding
-            reference = _collect_beside(run, beside)
-    for key, temperature in _sampled_sets(run.keys).items():  # the child has exited: its memory is free again
+    _answer(run, "merged", lm)
+    for key, temperature in _sampled_sets(run.keys).items():
         _answer(run, key, lm, _samples(run, temperature))
     if reference is not None:
         with run.stages("fidelity"):
@@ -263,13 +266,18 @@ def _merged_answers(run: _Run, beside: _Beside | None, reference: torch.Tensor |
     _release_memory()
 
 
-def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) -> None:
-    """The base model's answers (the negative control), then its NLL of both answer sets (retention)."""
+def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool,
+                     beside: _Beside | None = None) -> None:
+    """The base model's answers (the negative control), then its NLL of both answer sets (retention); ``beside``:
+    while the child decodes."""
     s = run.s
     with run.stages("load control"):
         lm = model.load_base(run.adapter.base, model.run_dtype(s.train), s.train.revision,
                              model.run_device(s.train))
-    _answer(run, "control", lm)
+    if beside is None:
+        _answer(run, "control", lm)
+    else:  # in the batch the plan was made for, as the merged model's
+        _answer(run, "control", lm, (run.prompts, beside.generation, None), beside="adapter")
     if need_measure:
         with run.stages("retention"):
             measured["retention"] = retention.measure(lm, run.tokenizer, run.prompts,
@@ -277,6 +285,25 @@ def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool) ->
                                                       [g.response for g in run.outputs["control"]])
     del lm
     _release_memory()
+
+
+def _answers_beside(run: _Run, beside: _Beside, measured: dict[str, Any], need_measure: bool) -> None:
+    """While the child decodes: the merged model's greedy answers, then the base model's answers and retention;
+    once it is done, the merged model again (the weights read from the page cache) for the samples and the logit
+    fidelity against the child's reference. Everything but the 4-bit model's decoding happens beside it."""
+    s = run.s
+    beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
+    with run.stages("load merged"):
+        lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
+    _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
+    del lm
+    _release_memory()
+    if "control" not in run.outputs or need_measure:
+        _control_answers(run, measured, need_measure, beside)
+    with run.stages("wait for adapter"):  # the child's answers, if it is still decoding
+        reference = _collect_beside(run, beside)
+    if _merged_wanted(run) or reference is not None:  # the child has exited: its memory is free for the samples
+        _merged_answers(run, reference, measured)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +333,7 @@ def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
 def _collect_beside(run: _Run, beside: _Beside) -> torch.Tensor | None:
     """The child's answers, kept like any answer set; returns its logits for the fidelity (None: not asked)."""
     made, reference, seconds = beside.child.result()
-    _keep(run, "adapter", made, seconds, beside="merged")
+    _keep(run, "adapter", made, seconds, beside="merged and control")
     return reference
 
 

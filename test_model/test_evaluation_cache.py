@@ -187,7 +187,12 @@ def test_the_4bit_model_answering_in_a_child_process_gives_the_serial_answers_an
     serial = stage.evaluate(s, trained_adapter, merged_dir)
     _beside_everywhere(monkeypatch, device)
     beside = stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir)
-    assert beside.report["generation_timing"]["adapter"]["beside"] == "merged"  # it did run in the child
+    timing = beside.report["generation_timing"]
+    assert timing["adapter"]["beside"] == "merged and control"  # it did run in the child
+    assert timing["merged"]["beside"] == timing["control"]["beside"] == "adapter"  # both answered meanwhile
+    stages = list(beside.report["stage_timing"])  # in the order first met
+    assert stages.index("retention") < stages.index("wait for adapter") < stages.index("fidelity")
+    assert "wait for adapter" not in serial.report["stage_timing"]
     assert "beside" not in serial.report["generation_timing"]["adapter"]
     timing = serial.report["generation_timing"]  # how each set was decoded here: the plan "auto" would not key
     assert {(timing[n]["decode"], timing[n]["batch_size"]) for n in ("merged", "control", "adapter")} == {("eager", 4)}
@@ -234,8 +239,8 @@ def test_answers_made_beside_the_child_are_not_served_to_a_run_without_it(run_se
     s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, cache="dynamic"))
     assert set(stage.evaluate(s, trained_adapter, merged_dir).generated) == {"adapter", "merged", "control"}
     _beside_everywhere(monkeypatch, device)
-    # The 4-bit and base answers are the same either way; the merged model's are its own entry.
-    assert stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir).generated == ("merged",)
+    # The 4-bit answers are the same either way; the merged and base models', made beside it, have their own entry.
+    assert stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir).generated == ("merged", "control")
 
 
 def test_the_plan_overlaps_only_on_cuda_with_room_for_both_and_keeps_a_users_batch(merged_dir, tokenizer,
