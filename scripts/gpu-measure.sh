@@ -22,6 +22,9 @@
 #                                           eager's bf16 rounding): same text, verdict agreement, seconds
 #   scripts/gpu-measure.sh cudnn-decode     eager greedy decoding of the base (4-bit, then bf16) with and without
 #                                           cuDNN's attention: seconds and answers that keep their text
+#   scripts/gpu-measure.sh lora-dtype TOML  greedy answers of the 4-bit model with its adapter cast to the compute
+#                                           dtype (the harness's), in peft's fp32, and in fp32 under training's
+#                                           autocast: seconds, same text and logits against training's arithmetic
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
 #   scripts/gpu-measure.sh sweep train|run TOML...
@@ -262,6 +265,58 @@ for name, load in (("4bit", lambda: model.load_quantized(base, s.train, dtype)),
 print(json.dumps(result))
 PY
     ;;
+lora-dtype)
+    step lora-dtype "$PY" - "$BASE" "${2:?lora-dtype: a TOML}" "$OUT_DIR" <<'PY'
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import cli, evaluation, generate, merge, model, train
+from harness.commands import options
+
+base_name, toml, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--config", toml,
+                                                         "--out", str(out / "unused")]))
+adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
+dtype = model.run_dtype(s.train)
+tok = model.load_tokenizer(adapter.path)
+prompts = evaluation.held_out_prompts(s.eval)
+
+
+def peft_load():  # peft's own: the adapter's weights in fp32
+    return merge.apply_adapter(model.load_quantized(adapter.base, s.train, dtype), adapter.path)
+
+
+# name: (load, under the Trainer's autocast); the last is training's arithmetic, the reference
+variants = {"cast once (harness)": (lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype),
+                                    False),
+            "peft fp32 weights": (peft_load, False), "peft fp32 weights, autocast": (peft_load, True)}
+made, logits, rows = {}, {}, {}
+for i, (name, (load, autocast)) in enumerate(variants.items()):
+    lm = load().eval()
+    on = autocast and dtype != torch.float32  # (fp32 runs, e.g. on a CPU: nothing to autocast)
+    with torch.autocast(lm.device.type, dtype=dtype) if on else contextlib.nullcontext():
+        if i == 0:  # the process's first decode pays CUDA's and bitsandbytes' warm-up: not any variant's
+            generate.generate(lm, tok, prompts[:8], s.generation)
+        made[name], seconds = generate.timed(lambda: generate.generate(lm, tok, prompts, s.generation))
+        first = next(iter(made.values()))  # every variant teacher-forced on the same texts
+        logits[name] = merge.logits_on(lm, merge.teacher_forced(tok, prompts[:4], [g.response for g in first]))
+    rows[name] = {"seconds": round(seconds, 2), "new_tokens": sum(g.new_tokens for g in made[name])}
+    del lm
+    torch.cuda.empty_cache()
+ref = list(variants)[-1]
+for name in variants:
+    rows[name]["same_text_as_training_arithmetic"] = sum(
+        a.response == b.response for a, b in zip(made[name], made[ref], strict=True))
+    rows[name]["logits_vs_training_arithmetic"] = merge.compare_logits(logits[ref], logits[name])
+rows["prompts"] = len(prompts)
+(out / "lora-dtype.json").write_text(json.dumps(rows, indent=1) + "\n")
+print(json.dumps(rows, indent=1))
+PY
+    ;;
 compile-history)
     step compile-history "$PY" - "$BASE" "$OUT_DIR" <<'PY'
 # Do a model's sampled answers depend on what the process (or the model object) decoded before? The base model
@@ -377,7 +432,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold TOML... | decode-equivalence TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
+         "| eval-cold TOML... | decode-equivalence TOML | lora-dtype TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac

@@ -268,3 +268,22 @@ def test_an_unknown_kv_cache_is_a_one_line_error_naming_it(merged_model, tokeniz
     # refused when the config is built (before any model work), so this never reaches generate()
     with pytest.raises(InputError, match=r"GenerationConfig\.cache: expected one of auto, dynamic, static"):
         generate.generate(merged_model, tokenizer, prompt_texts[:1], GenerationConfig(cache="paged"))
+
+
+def test_the_4bit_model_computes_its_lora_product_as_training_did(trained_adapter, run_configs, batch, device):
+    """In bf16 the adapter's weights are cast once (``merge.lora_in``), and the model gives the logits of peft's
+    own load (fp32 adapter weights) under training's autocast; without autocast, peft's load computes the LoRA
+    product in fp32 instead (the negative control)."""
+    from harness import model
+
+    cfg = run_configs[0]
+    cast = merge.load_adapter_model(trained_adapter.base, trained_adapter.path, cfg, torch.bfloat16).eval()
+    lora = {name: p.dtype for name, p in cast.named_parameters() if "lora_" in name}
+    assert lora and set(lora.values()) == {torch.bfloat16}, lora
+    peft_load = merge.apply_adapter(model.load_quantized(trained_adapter.base, cfg, torch.bfloat16),
+                                    trained_adapter.path).eval()
+    assert {p.dtype for name, p in peft_load.named_parameters() if "lora_" in name} == {torch.float32}
+    with torch.autocast(device, dtype=torch.bfloat16):  # what the Trainer's bf16=True wraps each step in
+        as_trained = merge.logits_on(peft_load, batch)
+    assert torch.equal(merge.logits_on(cast, batch), as_trained)
+    assert not torch.equal(merge.logits_on(peft_load, batch), as_trained)
