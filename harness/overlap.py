@@ -1,10 +1,12 @@
-"""Stage 7, overlapped: the 4-bit model answers in a child process while this one loads and runs the merge.
+"""Stage 7, overlapped: the 4-bit model answers in a child process while this one runs the merged and base models.
 
 The 4-bit model decodes eagerly (transformers compiles no bitsandbytes model) and is bound by the host's kernel
-launches, and so, with every prompt in one batch, is the merged model (``cache = "auto"`` decodes it eagerly
-where a compile would not pay; where it compiles, its first decode is mostly Python and Triton on the CPU). One
-after the other they were most of a cold evaluation (SmolLM2-135M, 316 prompts, H200: 58.6 s + 8.3 s eager, or
-43 s + 40 s with the merged model compiled). Side by side they share a GPU that neither keeps busy.
+launches, and so, with every prompt in one batch, are the merged and base models (``cache = "auto"`` decodes them
+eagerly where a compile would not pay). One after the other they were most of a cold evaluation; side by side
+they share a GPU that none of them keeps busy. SmolLM2-135M, 316 prompts, H200 (2026-12-02, side by side in one
+run): the whole ``hearts eval`` took 76.7 s against 92.4 s one after the other; the child (~9 s of imports, then
+38.8 s of decoding) is its critical path, and the parent waited 18 s for it after the merged and base models'
+answers and the retention.
 
 Only where it changes no batch plan: on CUDA, in one process (a launcher's ranks already share the work), and
 where both models and a KV cache for every prompt fit at once in the share of free memory one serial batch may
@@ -13,8 +15,9 @@ gives the serial answers (tested, CPU and CUDA). A *compiled* decode (``cache = 
 busy child, the merged model's greedy answers differed on 1 of 4 prompts from its serial ones in the same process
 (H200, SmolLM2, bf16, 2026-12-02), while the child's 4-bit answers were the serial ones. The likely cause is
 inductor choosing kernel configs by timing them on the GPU (pytorch/pytorch#189121: near-tied winners flip
-numerics), which a second process disturbs. ``[eval] overlap`` is off by default until its saving is measured
-(``test_training/test_envelope_smollm2_eval.py``). Everything else — the cache, the report — stays in this process.
+numerics), which a second process disturbs: answers made beside the child are cached apart. ``[eval] overlap`` is
+on by default (``--no-overlap``: one after the other; ``test_training/test_envelope_smollm2_eval.py`` times both).
+Everything else — the cache, the report — stays in this process.
 """
 
 from __future__ import annotations

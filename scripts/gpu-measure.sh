@@ -139,10 +139,10 @@ eval-cold)
         name=$(basename "$toml" .toml)
         # Trained and merged into the cache first, so the evaluations below time judging alone.
         step "eval-cold-merge-$name" "$PY" -m harness.cli merge --base-model "$BASE" --config "$toml"
-        # Side by side in one call: the 4-bit model before the merged one, then beside it in a child process.
+        # Side by side in one call: the 4-bit model before the others, then beside them in a child process.
         for mode in ${EVAL_MODES:-serial overlap}; do
             flags=(--no-generation-cache)
-            if [ "$mode" = overlap ]; then flags+=(--overlap); fi
+            if [ "$mode" = overlap ]; then flags+=(--overlap); else flags+=(--no-overlap); fi
             TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) step "eval-cold-$name-$mode" "$PY" -m harness.cli eval \
                 --base-model "$BASE" --config "$toml" "${flags[@]}" --out "$OUT_DIR/eval-cold-$name-$mode"
         done

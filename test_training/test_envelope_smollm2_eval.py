@@ -30,11 +30,14 @@ BASE = "smollm2-135m"
 # way -> (extra [generation] TOML lines, extra flags, how the merged model must have decoded); "defaults" is what
 # `hearts eval` does unasked.
 WAYS: dict[str, tuple[str, list[str], str]] = {
-    "defaults": ("", [], "eager"),  # one batch: eager decoding, no cuDNN attention
-    "compiled": ('[generation]\ncache = "static"\n', [], "compiled"),  # the decode step compiled, as before
-    "cudnn": ("[generation]\ncudnn_attention = true\n", [], "eager"),  # eager, torch's own attention (cuDNN)
-    "overlap": ("", ["--overlap"], "eager"),  # the 4-bit model in a child process beside the others
+    # one batch: eager decoding, no cuDNN attention, the 4-bit model in a child process beside the others
+    "defaults": ("", [], "eager"),
+    "serial": ("", ["--no-overlap"], "eager"),  # the models one after the other, as before
+    # the decode step compiled, as before (one after the other, as it was measured)
+    "compiled": ('[generation]\ncache = "static"\n', ["--no-overlap"], "compiled"),
+    "cudnn": ("[generation]\ncudnn_attention = true\n", ["--no-overlap"], "eager"),  # torch's own attention
 }
+BESIDE = ("defaults",)  # the ways whose 4-bit model answers in the child
 GOAL_S = 60.0  # #12: 300 prompts x 3 models in <= 60 s of wall time on the H200; held to the command's whole wall
 # time (process start, loading, generation, fidelity and retention, the report), what a runner waits for
 
@@ -91,7 +94,7 @@ def _judge_cold(way: str, artifacts: Path, tmp: Path, timer=None) -> dict:
     assert set(timing) >= {"merged", "control", "adapter"}, timing
     assert timing["merged"]["decode"] == decode, (way, timing["merged"])  # the way took effect
     assert report["config"]["generation"]["cudnn_attention"] == (way == "cudnn")
-    assert ("beside" in timing["adapter"]) == (way == "overlap"), timing["adapter"]
+    assert ("beside" in timing["adapter"]) == (way in BESIDE), timing["adapter"]
     _against_the_bound(timing, Path(report["model"]["merged_path"]))
     stages = report["stage_timing"]  # where the rest went: imports, loading, cache keys, measurements, judging
     assert list(stages)[:2] == ["imports and settings", "adapter and merge"], stages
@@ -132,32 +135,32 @@ def _measured(ways, merged, tmp_path_factory, *names: str) -> list[dict]:
 
 def test_one_batch_decodes_faster_eager_than_compiled(ways, merged, tmp_path_factory) -> None:
     # The merged model, 316 prompts in one batch of 320 steps: 8.3 s eager, 38.2 s compiled (H200, 2026-12-02).
-    defaults, compiled = _measured(ways, merged, tmp_path_factory, "defaults", "compiled")
-    eager_s, compiled_s = defaults["models"]["merged"]["seconds"], compiled["models"]["merged"]["seconds"]
+    # Both one after the other: beside the child the merged model decodes slower (14.6 s against 13.1 s).
+    serial, compiled = _measured(ways, merged, tmp_path_factory, "serial", "compiled")
+    eager_s, compiled_s = serial["models"]["merged"]["seconds"], compiled["models"]["merged"]["seconds"]
     print(f"\nmerged model: eager {eager_s:.1f} s, compiled {compiled_s:.1f} s")
     assert eager_s < compiled_s
 
 
 def test_a_cold_4bit_decode_is_faster_without_cudnn_attention(ways, merged, tmp_path_factory) -> None:
     # The 4-bit base alone: 16.4 s without cuDNN's attention, 33.1 s with it (H200, 2026-12-02, one process).
-    defaults, cudnn = _measured(ways, merged, tmp_path_factory, "defaults", "cudnn")
-    without, with_cudnn = defaults["models"]["adapter"]["seconds"], cudnn["models"]["adapter"]["seconds"]
+    serial, cudnn = _measured(ways, merged, tmp_path_factory, "serial", "cudnn")
+    without, with_cudnn = serial["models"]["adapter"]["seconds"], cudnn["models"]["adapter"]["seconds"]
     print(f"\n4-bit model: {without:.1f} s without cuDNN's attention, {with_cudnn:.1f} s with it")
     assert without < with_cudnn
 
 
 def test_the_defaults_judge_faster_than_before_and_against_the_goal(ways, merged, tmp_path_factory,
                                                                      record_property) -> None:
-    # The goal of #12 (GOAL_S) is expected to be missed: the generation's parts add up to ~67 s (~45-50 s with
-    # --overlap) and the command spent ~47 s outside generation (H200, 2026-12-02; README). What is held until it
-    # is measured: the defaults beat both former ways side by side, compiled (the old default) and cuDNN's
-    # attention (the old kernels).
-    defaults, compiled, cudnn, overlap = _measured(ways, merged, tmp_path_factory, *WAYS)
-    best = min(defaults["command_s"], overlap["command_s"])
-    record_property("command_s", best)
-    print(f"\nbest cold evaluation: {best:.1f} s (goal {GOAL_S:.0f} s); "
+    # The goal of #12 (GOAL_S) is missed: the defaults took 76.7 s, one after the other 92.4 s (H200,
+    # 2026-12-02, side by side in one run; README). The 4-bit model's decode (~38 s, bound by its kernel
+    # launches) in a child that imports for ~9 s is the critical path. Held: the defaults beat the former ways
+    # side by side, one after the other (the old default), compiled and cuDNN's attention (the old kernels).
+    defaults, serial, compiled, cudnn = _measured(ways, merged, tmp_path_factory, *WAYS)
+    record_property("command_s", defaults["command_s"])
+    print(f"\ncold evaluation: {defaults['command_s']:.1f} s (goal {GOAL_S:.0f} s); "
           + ", ".join(f"{n} {w['command_s']:.1f} s, generation {w['generation_s']:.1f} s" for n, w in ways.items()))
     for name, way in ways.items():
         print(f"{name}: " + ", ".join(f"{stage} {s:.1f} s" for stage, s in way["stages"].items())
               + f", unstaged {way['unstaged_s']:.1f} s")
-    assert defaults["command_s"] < min(compiled["command_s"], cudnn["command_s"])
+    assert defaults["command_s"] < min(serial["command_s"], compiled["command_s"], cudnn["command_s"])

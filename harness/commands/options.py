@@ -63,9 +63,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
              "verdict agreement, without bf16's forks (default: 0, off)")
     add("--no-generation-cache", action="store_true",
         help="generate every answer again instead of reusing cached ones (default: reuse; --retrain implies it)")
-    add("--overlap", action="store_true",
-        help="answer with the 4-bit model in a child process beside the merged model, on one GPU with room for "
-             "both (default: one after the other)")
+    add("--overlap", action=argparse.BooleanOptionalAction, default=None,
+        help="the 4-bit model answers in a child process while the merged and base models answer, on one GPU "
+             "with room for both (default: on; elsewhere, or with --no-overlap, one after the other)")
 
 
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,8 +77,8 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
             chosen[key] = value
     if getattr(args, "no_generation_cache", False):
         chosen["generation_cache"] = False
-    if getattr(args, "overlap", False):
-        chosen["overlap"] = True
+    if getattr(args, "overlap", None) is not None:
+        chosen["overlap"] = args.overlap
     return chosen
 
 
