@@ -107,6 +107,7 @@ class _Run:
     generated: list[str] = dataclasses.field(default_factory=list)
     timing: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
     stages: Stages = dataclasses.field(default_factory=Stages)
+    child: overlap.Child | None = None  # spawned already for the 4-bit model's answers, if they go beside
 
     @property
     def use_cache(self) -> bool:
@@ -114,15 +115,16 @@ class _Run:
 
 
 def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progress: bool = False,
-             stages: Stages | None = None) -> Evaluation:
+             stages: Stages | None = None, child: overlap.Child | None = None) -> Evaluation:
     """Generate with every model of the run, judge, measure fidelity and retention, and build the report.
 
     ``stages``: the command's stages so far (its imports, the adapter and merge), which the evaluation's follow in
-    the report's ``stage_timing``."""
+    the report's ``stage_timing``; ``child``: a process spawned already (``overlap.warm_child``) for the 4-bit
+    model's answers, if they are made beside the others (its owner ends it either way)."""
     stages = Stages() if stages is None else stages
     with stages("tokenizer and prompts"):
         tokenizer, prompts = model.load_tokenizer(adapter.path), held_out_prompts(s.eval)
-    run = _Run(s, adapter, merged_dir, tokenizer, prompts, progress, stages=stages)
+    run = _Run(s, adapter, merged_dir, tokenizer, prompts, progress, stages=stages, child=child)
     with run.stages("cache keys"):  # content digests of the merged weights and the adapter
         run.keys = _identities(run)
     # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
@@ -325,8 +327,8 @@ def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
     if batch is None:
         return None
     cfg = dataclasses.replace(s.generation, batch_size=batch)
-    child = overlap.Child(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts, cfg,
-                          FIDELITY_PROMPTS if need_measure else 0)
+    child = (run.child or overlap.Child()).start(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts,
+                                                 cfg, FIDELITY_PROMPTS if need_measure else 0)
     return _Beside(child, cfg)
 
 

@@ -22,23 +22,27 @@ Everything else — the cache, the report — stays in this process.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from harness import distributed, generate, merge
-from harness import model as models
-from harness.config import GenerationConfig, TrainConfig
+from harness import distributed
+from harness.config import GenerationConfig, RunSettings, TrainConfig
 from harness.errors import InputError
-from harness.generate import Generation
+
+# torch, transformers and the harness's model modules are imported where used: ``warm_child`` runs before the
+# command's own heavy imports, and a spawned child unpickles its target from this module.
+if TYPE_CHECKING:
+    import torch
+
+    from harness.generate import Generation
 
 # What the child sends back: the 4-bit model's answers, its logits on its first few answers (None when not
 # asked for) and the seconds its generation took.
-AdapterOutputs = tuple[list[Generation], torch.Tensor | None, float]
+AdapterOutputs = tuple["list[Generation]", "torch.Tensor | None", float]
 
 
 def overlap_batch(free_bytes: float, weight_bytes: int, per_row_bytes: int, n_prompts: int) -> int | None:
@@ -47,6 +51,8 @@ def overlap_batch(free_bytes: float, weight_bytes: int, per_row_bytes: int, n_pr
     Two models' weights and two whole-set KV caches must fit the share of free memory (``KV_MEMORY_SHARE``) that
     one serial batch's KV cache may take; then a serial run, with one model's weights loaded, fits every prompt
     in one batch too (``generate.fitting_batch``), so side by side changes no batch plan."""
+    from harness import generate
+
     if n_prompts < 1 or per_row_bytes <= 0:
         return None
     need = 2 * weight_bytes + 2 * n_prompts * per_row_bytes
@@ -58,7 +64,10 @@ def planned_batch(merged_dir: Path, tokenizer, prompts: Sequence[str], cfg: Gene
     """The batch size the two models answer in side by side on this run, or None: answer one after the other."""
     if device.type != "cuda" or distributed.world().distributed or not prompts:
         return None
+    import torch
     from transformers import AutoConfig
+
+    from harness import generate
 
     positions = max(len(ids) for ids in tokenizer(list(prompts))["input_ids"]) + cfg.max_new_tokens
     per_row = generate.kv_cache_bytes(AutoConfig.from_pretrained(merged_dir), positions, dtype.itemsize)
@@ -71,23 +80,32 @@ def planned_batch(merged_dir: Path, tokenizer, prompts: Sequence[str], cfg: Gene
 
 
 class Child:
-    """The 4-bit model's answers (and its logits on its first ``fidelity_texts`` answers), computed in a new
-    process; ``result()`` waits for them and for the process's exit, ``stop()`` ends it early.
+    """A process that will compute the 4-bit model's answers (and its logits on its first ``fidelity_texts``
+    answers): spawned first, so that it imports torch, transformers and peft while this process does, then
+    given its work by ``start``; ``result()`` waits for the outputs and for the process's exit, ``stop()`` ends it
+    at once, whether it was given work or not.
 
-    Spawned, not forked: a forked child of a process that has touched CUDA cannot use it. A plain process and a
-    pipe rather than a pool: a parent that fails must be able to end the child at once (a pool's worker runs its
+    Spawned, not forked: a forked child of a process that has touched CUDA cannot use it. A plain process and
+    pipes rather than a pool: a parent that fails must be able to end the child at once (a pool's worker runs its
     task to the end, and the interpreter's exit waits for it)."""
 
-    def __init__(self, base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype,
-                 prompts: Sequence[str], cfg: GenerationConfig, fidelity_texts: int) -> None:
+    def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_answer_and_send, name="hearts-4bit-answers",
-                                         args=(send, base, adapter, train, dtype, list(prompts), cfg,
-                                               fidelity_texts))
+        job_end, self._jobs = context.Pipe(duplex=False)
+        self._process = context.Process(target=_serve, name="hearts-4bit-answers", args=(job_end, send))
         self._process.start()
         send.close()  # the child holds the only sending end: its death reads as EOF here
+        job_end.close()  # and the only receiving end of its work: closing ours tells an idle child to exit
         self._message: tuple[str, Any] | None = None
+
+    def start(self, base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype,
+              prompts: Sequence[str], cfg: GenerationConfig, fidelity_texts: int) -> Child:
+        """Give the child its work (once); returns the child."""
+        with contextlib.suppress(BrokenPipeError, OSError):  # a child that died already: result() says so
+            self._jobs.send((base, adapter, train, dtype, list(prompts), cfg, fidelity_texts))
+        self._jobs.close()
+        return self
 
     def raise_early_error(self) -> None:
         """The child's error, raised now if it has reported one already (before work that it would waste)."""
@@ -99,6 +117,8 @@ class Child:
     def result(self) -> AdapterOutputs:
         """The child's answers, logits and seconds, once it has sent them and exited (so its GPU memory is free
         for whatever plans a batch next); its error, raised here."""
+        import torch
+
         status, value = self._message or self._received()
         self._process.join()
         if status == "error":
@@ -112,6 +132,7 @@ class Child:
 
     def stop(self) -> None:
         """End the child (a no-op once it has exited)."""
+        self._jobs.close()
         if self._process.is_alive():
             self._process.terminate()
         self._process.join()
@@ -126,12 +147,48 @@ class Child:
                                       "after the other")
 
 
+@contextlib.contextmanager
+def warm_child(s: RunSettings) -> Iterator[Child | None]:
+    """A ``Child`` spawned now for the evaluation to come, where it may answer beside the others (``[eval]
+    overlap`` with the 4-bit model, one process, a GPU visible); None elsewhere. Ended on leaving, used or not.
+
+    Started before a command's heavy imports, so that its own (~9 s on the H200) happen meanwhile, not on the
+    evaluation's critical path; whether it is used is decided later, by ``planned_batch``."""
+    if not (s.eval.overlap and s.eval.with_adapter) or s.train.device == "cpu" or distributed.world().distributed:
+        yield None
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        yield None
+        return
+    child = Child()
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
 class ChildDied(RuntimeError):
     """The child process ended without sending its answers (killed, out of host memory, a crash)."""
 
 
+def _serve(jobs, send) -> None:
+    """The child's whole life: import what answering needs, wait for its work (a parent that closes the pipe
+    first has none: exit), compute, send the outputs or the error, exit."""
+    import bitsandbytes  # noqa: F401  (imported now, while the parent imports too)
+
+    from harness import generate, merge  # noqa: F401
+
+    try:
+        job = jobs.recv()
+    except EOFError:
+        return
+    _answer_and_send(send, *job)
+
+
 def _answer_and_send(send, *args: Any) -> None:
-    """The child's whole life: compute, send the outputs or the error, exit."""
+    """Compute, send the outputs or the error."""
     try:
         message: tuple[str, Any] = ("ok", adapter_outputs(*args))
     except Exception as err:  # every error goes to the parent, which raises it
@@ -151,6 +208,9 @@ def adapter_outputs(base: Path | str, adapter: Path, train: TrainConfig, dtype: 
 
     The logits go back as a numpy array, pickled through the pipe: a tensor would travel through shared memory,
     which containers keep small (Docker: 64 MB; SmolLM2's four answers' logits are ~300 MB)."""
+    from harness import generate, merge
+    from harness import model as models
+
     models.quiet_libraries()
     lm = merge.load_adapter_model(base, adapter, train, dtype)
     tokenizer = models.load_tokenizer(adapter)

@@ -224,13 +224,56 @@ def test_a_finished_child_has_exited_and_a_stopped_one_ends_at_once(trained_adap
     prompts = stage.held_out_prompts(run_settings.eval)[:2]
     s = run_settings
     args = (trained_adapter.base, trained_adapter.path, s.train, model.run_dtype(s.train), prompts, s.generation)
-    done = overlap.Child(*args, fidelity_texts=1)
+    done = overlap.Child().start(*args, fidelity_texts=1)
     made, reference, _ = done.result()
     assert not done.running  # its memory is free before the next model plans a batch
     assert len(made) == 2 and reference is not None and reference.dtype == torch.float32
-    stopped = overlap.Child(*args, fidelity_texts=0)
+    stopped = overlap.Child().start(*args, fidelity_texts=0)
     stopped.stop()  # a parent that failed does not wait for the answers
     assert not stopped.running
+    idle = overlap.Child()  # spawned early, never given work (its evaluation did not overlap)
+    assert idle.running
+    idle.stop()
+    assert not idle.running
+
+
+def test_a_warm_child_is_spawned_only_where_it_may_answer_beside_and_ends_on_leaving(run_settings, monkeypatch):
+    on = dataclasses.replace(run_settings, eval=dataclasses.replace(run_settings.eval, overlap=True,
+                                                                    with_adapter=True),
+                             train=dataclasses.replace(run_settings.train, device="auto"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU runner, as far as the choice goes
+    with overlap.warm_child(on) as child:
+        assert isinstance(child, overlap.Child) and child.running
+    assert not child.running  # unused: ended with the command
+    # Negative controls: overlap off, no 4-bit model, a CPU run, no GPU visible.
+    for cfg in (dataclasses.replace(on, eval=dataclasses.replace(on.eval, overlap=False)),
+                dataclasses.replace(on, eval=dataclasses.replace(on.eval, with_adapter=False)),
+                dataclasses.replace(on, train=dataclasses.replace(on.train, device="cpu"))):
+        with overlap.warm_child(cfg) as child:
+            assert child is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with overlap.warm_child(on) as child:
+        assert child is None
+
+
+def test_the_evaluation_gives_its_work_to_the_child_it_was_handed(run_settings, trained_adapter, merged_dir,
+                                                                  monkeypatch, device):
+    s = _settings(run_settings, max_prompts=2, generation_cache=False, overlap=True)
+    _beside_everywhere(monkeypatch, device)
+    spawned = []
+    real = overlap.Child.__init__
+
+    def counting(self):
+        spawned.append(self)
+        real(self)
+
+    warm = overlap.Child()
+    monkeypatch.setattr(overlap.Child, "__init__", counting)
+    result = stage.evaluate(s, trained_adapter, merged_dir, child=warm)
+    assert result.report["generation_timing"]["adapter"]["beside"] == "merged and control"
+    assert spawned == [] and not warm.running  # no second process: the warm one answered and exited
+    stage.evaluate(s, trained_adapter, merged_dir)  # negative control: without one, the evaluation spawns its own
+    assert len(spawned) == 1
 
 
 def test_answers_made_beside_the_child_are_not_served_to_a_run_without_it(run_settings, trained_adapter, merged_dir,

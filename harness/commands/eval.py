@@ -36,16 +36,20 @@ def run(args: argparse.Namespace) -> int:
     guard = protected(s, prompts=s.eval.prompts, config=args.config)
     check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
     check_prompts(s.eval.prompts)
-    check_runtime(s)
+    from harness import overlap
 
-    from harness import distributed, evaluation, pipeline
+    with overlap.warm_child(s) as child:  # importing beside this process, for the 4-bit model's answers
+        check_runtime(s)
+
+        from harness import distributed, evaluation, pipeline
+
+        stages = pipeline.started_stages(args.started)
+        with stages("adapter and merge"):  # from the cache, or trained and merged now
+            adapter, merged_dir = pipeline.train_and_merge(s)
+        report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages, child=child).report
     from harness.report import REPORT_JSON, write_report
     from harness.staging import replace_dir
 
-    stages = pipeline.started_stages(args.started)
-    with stages("adapter and merge"):  # from the cache, or trained and merged now
-        adapter, merged_dir = pipeline.train_and_merge(s)
-    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages).report
     if not distributed.world().main:
         return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,

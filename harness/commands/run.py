@@ -29,19 +29,23 @@ def run(args: argparse.Namespace) -> int:
     cfg = gate.load_config(args.gate_config)  # bad gate config fails before an hour of training
     guard = protected(s, config=args.config, gate_config=args.gate_config)
     check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
-    check_runtime(s)
+    from harness import overlap
 
-    from harness import distributed, evaluation, pipeline
+    with overlap.warm_child(s) as child:  # importing beside this process, for the 4-bit model's answers
+        check_runtime(s)
+
+        from harness import distributed, evaluation, pipeline
+
+        stages = pipeline.started_stages(args.started)
+        with stages("adapter and merge"):  # from the cache, or trained and merged now
+            adapter, merged_dir = pipeline.train_and_merge(s)
+        if distributed.world().main:
+            print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
+            print(f"merged:  {merged_dir}")
+        report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages, child=child).report
     from harness.report import REPORT_JSON, REPORT_MD, write_report
     from harness.staging import replace_dir
 
-    stages = pipeline.started_stages(args.started)
-    with stages("adapter and merge"):  # from the cache, or trained and merged now
-        adapter, merged_dir = pipeline.train_and_merge(s)
-    if distributed.world().main:
-        print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
-        print(f"merged:  {merged_dir}")
-    report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages).report
     if not distributed.world().main:
         return 0  # rank 0 writes the report and gives the verdict for the launcher's whole group
     out = replace_dir(args.out, lambda tmp: write_report(tmp, report), flag="--out", kind=KIND, overwrite=True,
