@@ -252,7 +252,8 @@ class EvalConfig:
     # The merge's own agreement: the first N prompts answered again by the 4-bit model and by the merge, both
     # computing in fp32, so the forks of bf16 arithmetic do not count against the merge (0: off; nothing to do
     # where the run computes in fp32 already). SmolLM2 on the H200: 316 of 316 verdicts and texts in fp32, 283-298
-    # of 316 verdicts in bf16 (docs/runs/h200-smollm2-135m-seed42-2026-12-02). Costs two more generations,
+    # of 316 verdicts in bf16 (docs/runs/h200-smollm2-135m-seed42-2026-12-02; against the 4-bit model with peft's
+    # fp32 adapter arithmetic, before ``merge.lora_in`` gave it training's). Costs two more generations,
     # eager, and an fp32 copy (4 bytes a parameter: a small model's check).
     fp32_agreement: int = 0
     # The 4-bit model answers in a child process while this one runs the merged and base models and the retention,
