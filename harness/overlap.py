@@ -143,8 +143,8 @@ class Child:
         except EOFError:
             self._process.join()
             return "error", ChildDied(f"the 4-bit model's process died before answering (exit code "
-                                      f"{self._process.exitcode}); without [eval] overlap the models answer one "
-                                      "after the other")
+                                      f"{self._process.exitcode}); with --no-overlap ([eval] overlap = false) "
+                                      "the models answer one after the other")
 
 
 @contextlib.contextmanager

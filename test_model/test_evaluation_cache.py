@@ -298,3 +298,15 @@ def test_the_plan_overlaps_only_on_cuda_with_room_for_both_and_keeps_a_users_bat
     assert overlap.planned_batch(merged_dir, tokenizer, prompts, users, cuda, dtype) is None  # 1 KiB: no room
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**40, 2**41))
     assert overlap.planned_batch(merged_dir, tokenizer, prompts, users, cuda, dtype) == 3
+
+
+def test_a_child_that_dies_before_answering_is_one_error_naming_the_way_out(trained_adapter, run_settings):
+    s = run_settings
+    child = overlap.Child()
+    child._process.kill()  # killed while importing (out of host memory, a runner's limit)
+    child._process.join()
+    prompts = stage.held_out_prompts(s.eval)[:1]
+    child.start(trained_adapter.base, trained_adapter.path, s.train, model.run_dtype(s.train), prompts,
+                s.generation, 0)  # its work goes nowhere: no error here
+    with pytest.raises(overlap.ChildDied, match=r"died before answering \(exit code -9\); with --no-overlap"):
+        child.result()
