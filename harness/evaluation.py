@@ -108,6 +108,8 @@ class _Run:
     timing: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # answer set -> seconds, tok/s
     stages: Stages = dataclasses.field(default_factory=Stages)
     child: overlap.Child | None = None  # spawned already for the 4-bit model's answers, if they go beside
+    overlap_batch: int | None = None  # the batch the models answer in side by side; None: one after the other
+    spawned: overlap.Child | None = None  # a child this evaluation spawned itself (its to end)
 
     @property
     def use_cache(self) -> bool:
@@ -126,6 +128,7 @@ def evaluate(s: RunSettings, adapter: TrainedAdapter, merged_dir: Path, *, progr
         tokenizer, prompts = model.load_tokenizer(adapter.path), held_out_prompts(s.eval)
     run = _Run(s, adapter, merged_dir, tokenizer, prompts, progress, stages=stages, child=child)
     with run.stages("cache keys"):  # content digests of the merged weights and the adapter
+        run.overlap_batch = _overlap_plan(run)
         run.keys = _identities(run)
     # The measurements (logit fidelity, retention) come from the greedy answers alone: adding samples or the fp32
     # agreement must not measure again.
@@ -164,14 +167,17 @@ def _identities(run: _Run) -> dict[str, dict[str, Any]]:
             "control": {**shared, "model": base_id}}
     if s.eval.with_adapter:
         quant = {k: getattr(s.train, k) for k in ("quant_type", "double_quant")}
+        # "lora": the product in the compute dtype, as training's autocast computed it (``merge.lora_in``);
+        # answers cached before, from peft's fp32 arithmetic, are not served.
         keys["adapter"] = {**shared, "model": {"adapter": cache.content_digest(run.adapter.path), "base": base_id,
-                                               **quant}}
+                                               **quant, "lora": "compute dtype"}}
     for temperature in s.eval.temperatures if s.eval.samples else ():
         keys[f"{SAMPLED}{temperature}"] = {**keys["merged"], "sampling": _sampling(s, temperature)}
-    if s.eval.overlap:
+    if run.overlap_batch is not None:
         # Beside the busy child a compiled decode may answer otherwise (``harness.overlap``; "auto" compiles where
-        # a call decodes many steps): such answers are not served to a run that did not ask for them. The samples
-        # are drawn after the child has gone.
+        # a call decodes many steps): such answers are not served to a run that did not make them so. Keyed by
+        # the plan, not the setting: a run that cannot overlap (CPU, a launcher, no room) shares the serial
+        # entries. The samples are drawn after the child has gone.
         for name in ("merged", "control"):
             keys[name] = {**keys[name], "beside_4bit_child": True}
     if prompts := _fp32_prompts(run):
@@ -215,8 +221,9 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     measurements when ``need_measure``."""
     measured: dict[str, Any] = {}
     wants_adapter = "adapter" in run.keys and ("adapter" not in run.outputs or need_measure)
-    beside = _start_beside(run, need_measure) if wants_adapter else None
+    beside = None
     try:
+        beside = _start_beside(run, need_measure) if wants_adapter else None
         if beside is not None:
             _answers_beside(run, beside, measured, need_measure)
         else:
@@ -228,6 +235,8 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     finally:
         if beside is not None:  # exited already after its answers; ended here if this process failed first
             beside.child.stop()
+        elif run.spawned is not None:  # spawned here, failed before it was handed over
+            run.spawned.stop()
     _answer_in_fp32(run)
     return measured
 
@@ -301,6 +310,7 @@ def _answers_beside(run: _Run, beside: _Beside, measured: dict[str, Any], need_m
     del lm
     _release_memory()
     if "control" not in run.outputs or need_measure:
+        beside.child.raise_early_error()
         _control_answers(run, measured, need_measure, beside)
     with run.stages("wait for adapter"):  # the child's answers, if it is still decoding
         reference = _collect_beside(run, beside)
@@ -316,26 +326,38 @@ class _Beside:
     generation: GenerationConfig
 
 
-def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
-    """The 4-bit model's answers started in a child process, where ``[eval] overlap`` asks for it and it changes
-    no batch plan (``overlap.planned_batch``); None: it answers here, before the merged model."""
+def _overlap_plan(run: _Run) -> int | None:
+    """The batch the 4-bit model answers in beside the others, where ``[eval] overlap`` asks for it with the
+    4-bit model and it changes no batch plan (``overlap.planned_batch``); None: one after the other."""
     s = run.s
-    if not s.eval.overlap or "adapter" in run.outputs or "merged" in run.outputs:
-        return None  # nothing to overlap: the other model has its answers already
-    dtype, device = model.run_dtype(s.train), model.run_device(s.train)
-    batch = overlap.planned_batch(run.merged_dir, run.tokenizer, run.prompts, s.generation, device, dtype)
-    if batch is None:
+    if not (s.eval.overlap and s.eval.with_adapter):
         return None
-    cfg = dataclasses.replace(s.generation, batch_size=batch)
-    child = (run.child or overlap.Child()).start(run.adapter.base, run.adapter.path, s.train, dtype, run.prompts,
-                                                 cfg, FIDELITY_PROMPTS if need_measure else 0)
+    return overlap.planned_batch(run.merged_dir, run.tokenizer, run.prompts, s.generation,
+                                 model.run_device(s.train), model.run_dtype(s.train))
+
+
+def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
+    """The 4-bit model's answers started in a child process where the plan overlaps; None: it answers here,
+    before the merged model."""
+    s = run.s
+    if run.overlap_batch is None or "adapter" in run.outputs or "merged" in run.outputs:
+        return None  # one after the other, or nothing to overlap: the other model has its answers already
+    cfg = dataclasses.replace(s.generation, batch_size=run.overlap_batch)
+    # A warm child that died meanwhile (a `hearts run` trains for a while) is replaced, not reported.
+    if run.child is not None and run.child.running:
+        child = run.child
+    else:
+        child = run.spawned = overlap.Child()
+    child.start(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train), run.prompts, cfg,
+                FIDELITY_PROMPTS if need_measure else 0)
     return _Beside(child, cfg)
 
 
 def _collect_beside(run: _Run, beside: _Beside) -> torch.Tensor | None:
     """The child's answers, kept like any answer set; returns its logits for the fidelity (None: not asked)."""
     made, reference, seconds = beside.child.result()
-    _keep(run, "adapter", made, seconds, beside="merged and control")
+    meanwhile = [name for name in ("merged", "control") if run.timing.get(name, {}).get("beside")]
+    _keep(run, "adapter", made, seconds, beside=" and ".join(meanwhile) or None)
     return reference
 
 

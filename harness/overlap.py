@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import pickle
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -102,9 +104,13 @@ class Child:
     def start(self, base: Path | str, adapter: Path, train: TrainConfig, dtype: torch.dtype,
               prompts: Sequence[str], cfg: GenerationConfig, fidelity_texts: int) -> Child:
         """Give the child its work (once); returns the child."""
-        with contextlib.suppress(BrokenPipeError, OSError):  # a child that died already: result() says so
-            self._jobs.send((base, adapter, train, dtype, list(prompts), cfg, fidelity_texts))
-        self._jobs.close()
+        if self._jobs.closed:
+            raise RuntimeError("a 4-bit answers process takes one piece of work, and was given it (or stopped)")
+        try:
+            with contextlib.suppress(BrokenPipeError, OSError):  # a child that died already: result() says so
+                self._jobs.send((base, adapter, train, dtype, list(prompts), cfg, fidelity_texts))
+        finally:
+            self._jobs.close()
         return self
 
     def raise_early_error(self) -> None:
@@ -174,17 +180,28 @@ class ChildDied(RuntimeError):
 
 
 def _serve(jobs, send) -> None:
-    """The child's whole life: import what answering needs, wait for its work (a parent that closes the pipe
-    first has none: exit), compute, send the outputs or the error, exit."""
+    """The child's whole life: import what answering needs, take its work (a parent that closes the pipe first
+    has none: exit), compute, send the outputs or the error, exit.
+
+    The work is read off the pipe by a thread from the start: a pipe holds 64 KiB, and the prompts of a large
+    evaluation set are more, so the parent's send would otherwise wait out these imports. It is unpickled after
+    them (its dtype needs torch)."""
+    received: list[bytes] = []
+
+    def read() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            received.append(jobs.recv_bytes())
+
+    reader = threading.Thread(target=read, name="hearts-4bit-work", daemon=True)
+    reader.start()
     import bitsandbytes  # noqa: F401  (imported now, while the parent imports too)
 
     from harness import generate, merge  # noqa: F401
 
-    try:
-        job = jobs.recv()
-    except EOFError:
+    reader.join()
+    if not received:
         return
-    _answer_and_send(send, *job)
+    _answer_and_send(send, *pickle.loads(received[0]))
 
 
 def _answer_and_send(send, *args: Any) -> None:

@@ -281,9 +281,28 @@ def test_answers_made_beside_the_child_are_not_served_to_a_run_without_it(run_se
     s = dataclasses.replace(_settings(run_settings, max_prompts=3), artifacts=tmp_path)
     s = dataclasses.replace(s, generation=dataclasses.replace(s.generation, cache="dynamic"))
     assert set(stage.evaluate(s, trained_adapter, merged_dir).generated) == {"adapter", "merged", "control"}
+    if device == "cpu":  # overlap asked for where the plan cannot overlap: the serial entries serve it
+        assert stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir).generated == ()
     _beside_everywhere(monkeypatch, device)
     # The 4-bit answers are the same either way; the merged and base models', made beside it, have their own entry.
     assert stage.evaluate(_settings(s, overlap=True), trained_adapter, merged_dir).generated == ("merged", "control")
+
+
+def test_the_childs_work_goes_at_once_whatever_its_size_and_only_once(trained_adapter, run_settings):
+    s = run_settings
+    prompts = [f"### Instruction:\nSay {'very ' * 200}much, {n}.\n\n### Response:\n" for n in range(200)]
+    args = (trained_adapter.base, trained_adapter.path, s.train, model.run_dtype(s.train), prompts, s.generation, 0)
+    child = overlap.Child()
+    try:
+        started = time.perf_counter()
+        child.start(*args)  # ~230 KB of prompts: more than a pipe holds, while the child is still importing
+        handed = time.perf_counter() - started
+        assert child.running and handed < 2.0, handed  # the child's reader took it; the imports take longer
+        with pytest.raises(RuntimeError, match="one piece of work"):
+            child.start(*args)
+    finally:
+        child.stop()
+    assert not child.running
 
 
 def test_the_plan_overlaps_only_on_cuda_with_room_for_both_and_keeps_a_users_batch(merged_dir, tokenizer,
