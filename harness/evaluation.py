@@ -109,7 +109,6 @@ class _Run:
     stages: Stages = dataclasses.field(default_factory=Stages)
     child: overlap.Child | None = None  # spawned already for the 4-bit model's answers, if they go beside
     overlap_batch: int | None = None  # the batch the models answer in side by side; None: one after the other
-    spawned: overlap.Child | None = None  # a child this evaluation spawned itself (its to end)
 
     @property
     def use_cache(self) -> bool:
@@ -235,8 +234,6 @@ def _run_models(run: _Run, *, need_measure: bool) -> dict[str, Any]:
     finally:
         if beside is not None:  # exited already after its answers; ended here if this process failed first
             beside.child.stop()
-        elif run.spawned is not None:  # spawned here, failed before it was handed over
-            run.spawned.stop()
     _answer_in_fp32(run)
     return measured
 
@@ -264,9 +261,7 @@ def _adapter_here(run: _Run, need_measure: bool) -> torch.Tensor | None:
 def _merged_answers(run: _Run, reference: torch.Tensor | None, measured: dict[str, Any]) -> None:
     """The release's greedy answers and samples (those not made yet), then its logit fidelity against the 4-bit
     ``reference``."""
-    s = run.s
-    with run.stages("load merged"):
-        lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
+    lm = _load_merged(run)
     _answer(run, "merged", lm)
     for key, temperature in _sampled_sets(run.keys).items():
         _answer(run, key, lm, _samples(run, temperature))
@@ -275,6 +270,12 @@ def _merged_answers(run: _Run, reference: torch.Tensor | None, measured: dict[st
             measured["fidelity"] = merge.compare_logits(reference, merge.logits_on(lm, _teacher_forced(run)))
     del lm, reference
     _release_memory()
+
+
+def _load_merged(run: _Run):
+    """The merged model on the run's device, in its dtype (a stage of its own)."""
+    with run.stages("load merged"):
+        return merge.load_merged(run.merged_dir, model.run_dtype(run.s.train), model.run_device(run.s.train))
 
 
 def _control_answers(run: _Run, measured: dict[str, Any], need_measure: bool,
@@ -302,10 +303,8 @@ def _answers_beside(run: _Run, beside: _Beside, measured: dict[str, Any], need_m
     """While the child decodes: the merged model's greedy answers, then the base model's answers and retention;
     once it is done, the merged model again (the weights read from the page cache) for the samples and the logit
     fidelity against the child's reference. Everything but the 4-bit model's decoding happens beside it."""
-    s = run.s
     beside.child.raise_early_error()  # e.g. an adapter it cannot load: said before the merged model decodes
-    with run.stages("load merged"):
-        lm = merge.load_merged(run.merged_dir, model.run_dtype(s.train), model.run_device(s.train))
+    lm = _load_merged(run)
     _answer(run, "merged", lm, (run.prompts, beside.generation, None), beside="adapter")
     del lm
     _release_memory()
@@ -344,12 +343,15 @@ def _start_beside(run: _Run, need_measure: bool) -> _Beside | None:
         return None  # one after the other, or nothing to overlap: the other model has its answers already
     cfg = dataclasses.replace(s.generation, batch_size=run.overlap_batch)
     # A warm child that died meanwhile (a `hearts run` trains for a while) is replaced, not reported.
-    if run.child is not None and run.child.running:
-        child = run.child
-    else:
-        child = run.spawned = overlap.Child()
-    child.start(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train), run.prompts, cfg,
-                FIDELITY_PROMPTS if need_measure else 0)
+    warm = run.child if run.child is not None and run.child.running else None
+    child = warm or overlap.Child()
+    try:
+        child.start(run.adapter.base, run.adapter.path, s.train, model.run_dtype(s.train), run.prompts, cfg,
+                    FIDELITY_PROMPTS if need_measure else 0)
+    except BaseException:
+        if warm is None:  # spawned here and not handed over: ended here (a warm one is its owner's)
+            child.stop()
+        raise
     return _Beside(child, cfg)
 
 
