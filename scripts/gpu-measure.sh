@@ -25,6 +25,9 @@
 #   scripts/gpu-measure.sh lora-dtype TOML  greedy answers of the 4-bit model with its adapter cast to the compute
 #                                           dtype (the harness's), in peft's fp32, and in fp32 under training's
 #                                           autocast: seconds, same text and logits against training's arithmetic
+#   scripts/gpu-measure.sh decode-shards    eager greedy decoding of the held-out prompts (4-bit, then bf16) in one
+#                                           batch against K concurrent processes with a shard each, and a profile
+#                                           of the one-batch decode (scripts/decode_shards.py)
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
 #   scripts/gpu-measure.sh sweep train|run TOML...
@@ -317,6 +320,9 @@ rows["prompts"] = len(prompts)
 print(json.dumps(rows, indent=1))
 PY
     ;;
+decode-shards)
+    step decode-shards "$PY" scripts/decode_shards.py main "$OUT_DIR"
+    ;;
 compile-history)
     step compile-history "$PY" - "$BASE" "$OUT_DIR" <<'PY'
 # Do a model's sampled answers depend on what the process (or the model object) decoded before? The base model
@@ -432,7 +438,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold TOML... | decode-equivalence TOML | lora-dtype TOML | cudnn-decode | compile-history | sweep train|run TOML..." >&2
+         "| eval-cold TOML... | decode-equivalence TOML | lora-dtype TOML | cudnn-decode | decode-shards | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
