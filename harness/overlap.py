@@ -4,9 +4,11 @@ The 4-bit model decodes eagerly (transformers compiles no bitsandbytes model) an
 launches, and so, with every prompt in one batch, are the merged and base models (``cache = "auto"`` decodes them
 eagerly where a compile would not pay). One after the other they were most of a cold evaluation; side by side
 they share a GPU that none of them keeps busy. SmolLM2-135M, 316 prompts, H200 (2026-12-02, side by side in one
-run): the whole ``hearts eval`` took 76.7 s against 92.4 s one after the other; the child (~9 s of imports, then
-38.8 s of decoding) is its critical path, and the parent waited 18 s for it after the merged and base models'
-answers and the retention.
+run): the whole ``hearts eval`` took 57.6 s against 72.3 s one after the other; the child (given its work 9 s in,
+then 30.6 s of decoding with the GPU busy ~11% of the time) is its critical path, and the parent waited 13.4 s for
+it after the merged and base models' answers and the retention. More processes would not pay: without MPS the GPU
+runs one process's kernels at a time (``scripts/decode_shards.py``: the bf16 base 10.2 s in one process, 10.0 s
+in two).
 
 Only where it changes no batch plan: on CUDA, in one process (a launcher's ranks already share the work), and
 where both models and a KV cache for every prompt fit at once in the share of free memory one serial batch may

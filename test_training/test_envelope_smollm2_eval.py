@@ -152,10 +152,11 @@ def test_a_cold_4bit_decode_is_faster_without_cudnn_attention(ways, merged, tmp_
 
 def test_the_defaults_judge_faster_than_before_and_against_the_goal(ways, merged, tmp_path_factory,
                                                                      record_property) -> None:
-    # The goal of #12 (GOAL_S) is missed: the defaults took 76.7 s, one after the other 92.4 s (H200,
-    # 2026-12-02, side by side in one run; README). The 4-bit model's decode (~38 s, bound by its kernel
-    # launches) in a child that imports for ~9 s is the critical path. Held: the defaults beat the former ways
-    # side by side, one after the other (the old default), compiled and cuDNN's attention (the old kernels).
+    # The goal of #12 (GOAL_S): the defaults took 57.6 s, one after the other 72.3 s (H200, 2026-12-02, side by
+    # side in one run; README); an earlier run, on a machine 1.5x slower at bf16 decoding and before the child was
+    # spawned at the start, took 76.7 s. So the goal's 4% margin is a machine's, not the code's: recorded, not
+    # asserted. The 4-bit model's host-bound decode (~30 s) in the child is the critical path. Held: the defaults
+    # beat the former ways side by side, one after the other (the old default), compiled and cuDNN's attention.
     defaults, serial, compiled, cudnn = _measured(ways, merged, tmp_path_factory, *WAYS)
     record_property("command_s", defaults["command_s"])
     print(f"\ncold evaluation: {defaults['command_s']:.1f} s (goal {GOAL_S:.0f} s); "
