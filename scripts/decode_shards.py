@@ -3,7 +3,7 @@ the 4-bit model (a fresh, zero-B adapter: the kernels of a trained one, the base
 one batch in one process, then K concurrent processes with a 1/K shard each (length-interleaved), started
 together once all have loaded; a torch.profiler window of the one-batch decode (GPU busy share).
 
-    scripts/gpu-measure.sh decode-shards      # = python3 scripts/decode_shards.py main OUT_DIR
+    scripts/gpu-measure.sh decode-shards      # = python3 -m scripts.decode_shards main OUT_DIR (from the root)
 
 Measured on the H200 (2026-12-02, torch 2.11, transformers 5.24, bitsandbytes 0.50.2; README, "Tried and
 dropped"): no. The bf16 base took 10.2 s in one batch and 10.0 s as two processes; the 4-bit model 33.5 s as two
@@ -26,19 +26,15 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity
 
-from harness import cli, evaluation, generate, merge, model
-from harness.commands import options
+from harness import generate, merge, model
+from scripts.measuring import setup as measuring_setup
 
 SYNC = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
 
 def setup():
-    s = options.settings(cli.build_parser().parse_args(
-        ["eval", "--base-model", os.environ.get("EXP_BASE", "smollm2-135m"), "--out", "/tmp/unused"]))
-    base = model.resolve_base(s.train.base_model, s.artifacts)
-    tok = model.load_tokenizer(base)
-    prompts = evaluation.held_out_prompts(s.eval)[: int(os.environ.get("EXP_N", "100000"))]
-    return s, base, tok, prompts
+    run = measuring_setup(os.environ.get("EXP_BASE", "smollm2-135m"), Path(tempfile.gettempdir()))
+    return run.s, run.base, run.tokenizer, run.prompts[: int(os.environ.get("EXP_N", "100000"))]
 
 
 def load(kind, s, base):
@@ -78,7 +74,7 @@ def worker(kind, k, i, out):
 def concurrent(kind, k, reference):
     # The workers' ready/go/done files live in a scratch folder: a runner may return only so many files.
     out = Path(tempfile.mkdtemp(prefix=f"shards-{kind}-{k}-"))
-    procs = [subprocess.Popen([sys.executable, __file__, "worker", kind, str(k), str(i), str(out)])
+    procs = [subprocess.Popen([sys.executable, "-m", "scripts.decode_shards", "worker", kind, str(k), str(i), str(out)])
              for i in range(k)]
     while not all((out / f"ready-{kind}-{k}-{i}").exists() for i in range(k)):
         time.sleep(0.05)

@@ -162,18 +162,14 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-from harness import cli, evaluation, generate, merge, model, train
-from harness.commands import options
+from harness import generate, merge
 from harness.report import judge
+from scripts.measuring import setup
 
 base_name, toml, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--config", toml,
-                                                         "--out", str(out / "unused")]))
-adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
-dtype = model.run_dtype(s.train)
+run = setup(base_name, out, toml, trained=True)
+s, adapter, dtype, tok, prompts = run.s, run.adapter, run.dtype, run.tokenizer, run.prompts
 merged_dir = merge.merged_for(s.artifacts, adapter.path, adapter.base, s.train, dtype, s.merge.method)
-tok = model.load_tokenizer(adapter.path)
-prompts = evaluation.held_out_prompts(s.eval)
 four_bit = lambda: merge.load_adapter_model(adapter.base, adapter.path, s.train, dtype)  # noqa: E731
 
 
@@ -242,15 +238,12 @@ from pathlib import Path
 
 import torch
 
-from harness import cli, evaluation, generate, model
-from harness.commands import options
+from harness import generate, model
+from scripts.measuring import setup
 
 base_name, out = sys.argv[1], Path(sys.argv[2])
-s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--out", str(out / "unused")]))
-base = model.resolve_base(base_name, s.artifacts)
-tok = model.load_tokenizer(base)
-prompts = evaluation.held_out_prompts(s.eval)
-dtype = model.run_dtype(s.train)
+run = setup(base_name, out)
+s, base, dtype, tok, prompts = run.s, run.base, run.dtype, run.tokenizer, run.prompts
 result, answers = {"prompts": len(prompts)}, {}
 for name, load in (("4bit", lambda: model.load_quantized(base, s.train, dtype)),
                    ("bf16", lambda: model.load_base(base, dtype))):
@@ -277,16 +270,12 @@ from pathlib import Path
 
 import torch
 
-from harness import cli, evaluation, generate, merge, model, train
-from harness.commands import options
+from harness import generate, merge, model
+from scripts.measuring import setup
 
 base_name, toml, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--config", toml,
-                                                         "--out", str(out / "unused")]))
-adapter = train.adapter_for(s.artifacts, s.train, s.lora, s.data)
-dtype = model.run_dtype(s.train)
-tok = model.load_tokenizer(adapter.path)
-prompts = evaluation.held_out_prompts(s.eval)
+run = setup(base_name, out, toml, trained=True)
+s, adapter, dtype, tok, prompts = run.s, run.adapter, run.dtype, run.tokenizer, run.prompts
 
 
 def peft_load():  # peft's own: the adapter's weights in fp32
@@ -321,7 +310,7 @@ print(json.dumps(rows, indent=1))
 PY
     ;;
 decode-shards)
-    step decode-shards "$PY" scripts/decode_shards.py main "$OUT_DIR"
+    step decode-shards "$PY" -m scripts.decode_shards main "$OUT_DIR"
     ;;
 compile-history)
     step compile-history "$PY" - "$BASE" "$OUT_DIR" <<'PY'
@@ -338,15 +327,13 @@ from pathlib import Path
 import torch
 from transformers import CompileConfig
 
-from harness import cli, evaluation, generate, model
-from harness.commands import options
+from harness import generate, model
+from scripts.measuring import setup
 
 base_name, out = sys.argv[1], Path(sys.argv[2])
-s = options.settings(cli.build_parser().parse_args(["eval", "--base-model", base_name, "--out", str(out / "unused")]))
-resolved = model.resolve_base(s.train.base_model, s.artifacts)
-dtype, device = model.run_dtype(s.train), model.run_device(s.train)
-tok = model.load_tokenizer(resolved)
-prompts = evaluation.held_out_prompts(s.eval)
+run = setup(base_name, out)
+s, resolved, dtype, tok, prompts = run.s, run.base, run.dtype, run.tokenizer, run.prompts
+device = model.run_device(s.train)
 drawn = [p for p in prompts[:4] for _ in range(3)]
 seeds = [generate.sample_seed(0, p, k) for p in prompts[:4] for k in range(3)]
 longest = sorted(prompts, key=len)[-5:]
