@@ -329,7 +329,7 @@ def _overlap_plan(run: _Run) -> int | None:
     """The batch the 4-bit model answers in beside the others, where ``[eval] overlap`` asks for it with the
     4-bit model and it changes no batch plan (``overlap.planned_batch``); None: one after the other."""
     s = run.s
-    if not (s.eval.overlap and s.eval.with_adapter):
+    if not overlap.asked(s):
         return None
     return overlap.planned_batch(run.merged_dir, run.tokenizer, run.prompts, s.generation,
                                  model.run_device(s.train), model.run_dtype(s.train))

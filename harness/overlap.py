@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 AdapterOutputs = tuple["list[Generation]", "torch.Tensor | None", float]
 
 
+def asked(s: RunSettings) -> bool:
+    """Whether the settings ask for the 4-bit model's answers beside the others: ``[eval] overlap``, with the 4-bit
+    model judged at all (``with_adapter``); where it may happen is the plan's to say (``planned_batch``)."""
+    return s.eval.overlap and s.eval.with_adapter
+
+
 def overlap_batch(free_bytes: float, weight_bytes: int, per_row_bytes: int, n_prompts: int) -> int | None:
     """The batch both models answer in side by side — every prompt in one — or None where they do not fit.
 
@@ -162,7 +168,7 @@ def warm_child(s: RunSettings) -> Iterator[Child | None]:
 
     Started before a command's heavy imports, so that its own (~9 s on the H200) happen meanwhile, not on the
     evaluation's critical path; whether it is used is decided later, by ``planned_batch``."""
-    if not (s.eval.overlap and s.eval.with_adapter) or s.train.device == "cpu" or distributed.world().distributed:
+    if not asked(s) or s.train.device == "cpu" or distributed.world().distributed:
         yield None
         return
     import torch

@@ -9,7 +9,7 @@ from harness.commands.options import (
     add_eval_options,
     add_model_options,
     check_prompts,
-    check_runtime,
+    judged_report,
     protected,
     settings,
 )
@@ -36,17 +36,8 @@ def run(args: argparse.Namespace) -> int:
     guard = protected(s, prompts=s.eval.prompts, config=args.config)
     check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
     check_prompts(s.eval.prompts)
-    from harness import overlap
-
-    with overlap.warm_child(s) as child:  # importing beside this process, for the 4-bit model's answers
-        check_runtime(s)
-
-        from harness import distributed, evaluation, pipeline
-
-        stages = pipeline.started_stages(args.started)
-        with stages("adapter and merge"):  # from the cache, or trained and merged now
-            adapter, merged_dir = pipeline.train_and_merge(s)
-        report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages, child=child).report
+    report = judged_report(s, args.started)
+    from harness import distributed, pipeline
     from harness.report import REPORT_JSON, write_report
     from harness.staging import replace_dir
 

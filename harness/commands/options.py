@@ -147,6 +147,28 @@ def check_runtime(s: RunSettings) -> None:
     train.optimizer_name(s.train)
 
 
+def judged_report(s: RunSettings, started: float, *, announce: bool = False) -> dict[str, Any]:
+    """``hearts eval``'s and ``hearts run``'s shared middle: the runtime checks, the adapter and merge (from the
+    cache, or trained and merged now; ``announce``: say which, on rank 0) and the evaluation's report.
+
+    The child that may answer for the 4-bit model (``overlap.warm_child``) is spawned first, so that it imports
+    beside this process's own heavy imports; it is ended on leaving, used or not."""
+    from harness import overlap
+
+    with overlap.warm_child(s) as child:
+        check_runtime(s)
+
+        from harness import distributed, evaluation, pipeline
+
+        stages = pipeline.started_stages(started)
+        with stages("adapter and merge"):
+            adapter, merged_dir = pipeline.train_and_merge(s)
+        if announce and distributed.world().main:
+            print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
+            print(f"merged:  {merged_dir}")
+        return evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages, child=child).report
+
+
 def protected(s: RunSettings, **more: Path | str | None) -> Protected:
     """The inputs an output folder must keep apart from: flag name → path (non-paths are skipped later)."""
     paths: Protected = [("--artifacts-dir", s.artifacts)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness import inputs
 from harness.commands.eval import KIND
-from harness.commands.options import add_eval_options, add_model_options, check_runtime, protected, settings
+from harness.commands.options import add_eval_options, add_model_options, judged_report, protected, settings
 
 HELP = "the whole job on the embedded defaults (tiny stand-in, bundled data) or your model: exit 0 when the gate passes"
 
@@ -29,20 +29,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = gate.load_config(args.gate_config)  # bad gate config fails before an hour of training
     guard = protected(s, config=args.config, gate_config=args.gate_config)
     check_out_dir(args.out, flag="--out", kind=KIND, overwrite=True, protect=guard)
-    from harness import overlap
-
-    with overlap.warm_child(s) as child:  # importing beside this process, for the 4-bit model's answers
-        check_runtime(s)
-
-        from harness import distributed, evaluation, pipeline
-
-        stages = pipeline.started_stages(args.started)
-        with stages("adapter and merge"):  # from the cache, or trained and merged now
-            adapter, merged_dir = pipeline.train_and_merge(s)
-        if distributed.world().main:
-            print(f"adapter: {adapter.path} ({'trained now' if adapter.built_now else 'from the cache'})")
-            print(f"merged:  {merged_dir}")
-        report = evaluation.evaluate(s, adapter, merged_dir, progress=True, stages=stages, child=child).report
+    report = judged_report(s, args.started, announce=True)
+    from harness import distributed, pipeline
     from harness.report import REPORT_JSON, REPORT_MD, write_report
     from harness.staging import replace_dir
 
