@@ -4,6 +4,7 @@ one batch in one process, then K concurrent processes with a 1/K shard each (len
 together once all have loaded; a torch.profiler window of the one-batch decode (GPU busy share).
 
     scripts/gpu-measure.sh decode-shards      # = python3 -m scripts.decode_shards main OUT_DIR (from the root)
+    python3 -m scripts.decode_shards profile OUT_DIR   # the 4-bit model's profile only
 
 Measured on the H200 (2026-12-02, torch 2.11, transformers 5.24, bitsandbytes 0.50.2; README, "Tried and
 dropped"): no. The bf16 base took 10.2 s in one batch and 10.0 s as two processes; the 4-bit model 33.5 s as two
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,25 +29,29 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from harness import generate, merge, model
-from scripts.measuring import setup as measuring_setup
+from scripts.measuring import Setup, setup
 
 SYNC = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
 
-def setup():
-    run = measuring_setup(os.environ.get("EXP_BASE", "smollm2-135m"), Path(tempfile.gettempdir()))
-    return run.s, run.base, run.tokenizer, run.prompts[: int(os.environ.get("EXP_N", "100000"))]
+def measured() -> Setup:
+    run = setup(os.environ.get("EXP_BASE", "smollm2-135m"), Path(tempfile.gettempdir()))
+    return dataclasses.replace(run, prompts=run.prompts[: int(os.environ.get("EXP_N", "100000"))])
 
 
-def load(kind, s, base):
-    dtype = model.run_dtype(s.train)
+def warm(kind: str, run: Setup):
+    """The ``kind`` model, loaded and past its first decode (CUDA's and bitsandbytes' warm-up is no variant's)."""
+    s, dtype = run.s, run.dtype
     if kind == "4bit":
         from peft import get_peft_model
-        lm = get_peft_model(model.load_quantized(base, s.train, dtype), model.lora_config(s.lora))
-        lm = merge.lora_in(lm, dtype)
+
+        lm = merge.lora_in(get_peft_model(model.load_quantized(run.base, s.train, dtype), model.lora_config(s.lora)),
+                           dtype)
     else:
-        lm = model.load_base(base, dtype, None, model.run_device(s.train))
-    return lm.eval()
+        lm = model.load_base(run.base, dtype, None, model.run_device(s.train))
+    generate.generate(lm.eval(), run.tokenizer, run.prompts[:8], s.generation)
+    SYNC()
+    return lm
 
 
 def shard(prompts, tok, k, i):
@@ -54,10 +60,9 @@ def shard(prompts, tok, k, i):
 
 
 def worker(kind, k, i, out):
-    s, base, tok, prompts = setup()
-    lm = load(kind, s, base)
-    generate.generate(lm, tok, prompts[:8], s.generation)  # warm-up
-    SYNC()
+    run = measured()
+    s, tok, prompts = run.s, run.tokenizer, run.prompts
+    lm = warm(kind, run)
     idx = shard(prompts, tok, k, i)
     (out / f"ready-{kind}-{k}-{i}").write_text("")
     while not (out / f"go-{kind}-{k}").exists():
@@ -85,6 +90,7 @@ def concurrent(kind, k, reference):
     for p in procs:
         p.wait()
     parts = [json.loads((out / f"done-{kind}-{k}-{i}.json").read_text()) for i in range(k)]
+    shutil.rmtree(out)
     wall = max(p["end"] for p in parts) - start
     same = sum(reference[j] == t for part in parts for j, t in zip(part["idx"], part["texts"], strict=True))
     return {"k": k, "wall_s": round(wall, 2), "each_s": [round(p["seconds"], 2) for p in parts],
@@ -110,11 +116,11 @@ def profile(lm, tok, prompts, s, out, kind):
 
 
 def main(out):
-    s, base, tok, prompts = setup()
+    run = measured()
+    s, tok, prompts = run.s, run.tokenizer, run.prompts
     rows = {"prompts": len(prompts)}
     for kind in ("4bit", "bf16"):
-        lm = load(kind, s, base)
-        generate.generate(lm, tok, prompts[:8], s.generation)
+        lm = warm(kind, run)
         made, secs = generate.timed(lambda lm=lm: generate.generate(lm, tok, prompts, s.generation))
         row = {"one_batch_s": round(secs, 2), "tokens": sum(g.new_tokens for g in made)}
         row.update(profile(lm, tok, prompts, s, out, kind))
@@ -130,13 +136,9 @@ def main(out):
     print(json.dumps(rows, indent=1))
 
 
-
-
 def profile_only(out):
-    s, base, tok, prompts = setup()
-    lm = load("4bit", s, base)
-    generate.generate(lm, tok, prompts[:8], s.generation)
-    row = profile(lm, tok, prompts, s, out, "4bit")
+    run = measured()
+    row = profile(warm("4bit", run), run.tokenizer, run.prompts, run.s, out, "4bit")
     (out / "profile-4bit.json").write_text(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
 
