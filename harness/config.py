@@ -218,8 +218,9 @@ class GenerationConfig:
     top_p: float = 0.9
     seed: int = 0
     cache: str = "auto"  # auto: "static" (fixed-size KV cache, decode step compiled) for a plain model on CUDA
-    # whose call decodes enough steps to pay for the compile (generate.COMPILE_MIN_STEPS), "dynamic" (eager)
-    # otherwise (CPU, one batch of a small model, 4-bit: transformers cannot compile bitsandbytes' layers)
+    # whose call decodes enough steps to pay for the compile (generate.COMPILE_MIN_STEPS); else on CUDA "graph"
+    # (a static cache, the eager decode step replayed as a CUDA graph: harness.decode; greedy calls, 4-bit models
+    # too; a sampled call decodes as "dynamic"); "dynamic" (eager, a growing cache) on CPU
     min_new_tokens: int = 0  # benchmarks set it to max_new_tokens, so every round decodes the same work
     # As in training (TrainConfig.cudnn_attention), and more so: with a dynamic KV cache every decode step is a new
     # shape, and cuDNN builds a graph on the host for each. The 4-bit SmolLM2, 316 prompts in one batch (H200,
@@ -231,7 +232,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         rules = {"max_new_tokens": _int_in(1), "batch_size": _int_in(1, optional=True),
                  "top_p": _number_in(0, 1, open_low=True),
-                 "seed": _int_in(0, MAX_SEED), "cache": _one_of("auto", "dynamic", "static"),
+                 "seed": _int_in(0, MAX_SEED), "cache": _one_of("auto", "dynamic", "static", "graph"),
                  "min_new_tokens": _int_in(0, self.max_new_tokens if isinstance(self.max_new_tokens, int) else 0)}
         if self.do_sample:  # greedy decoding ignores the temperature
             rules["temperature"] = _number_in(0, math.inf, open_low=True, open_high=True)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from transformers import BatchEncoding
 
 SAMPLED = "sampled@"  # the name of a sampled answer set: SAMPLED + its temperature
+DECODE_NAMES = {"static": "compiled", "graph": "graph"}  # the report's name for how a plan's cache decodes
 FP32_ADAPTER, FP32_MERGED = "adapter@fp32", "merged@fp32"  # the answer sets of the fp32 agreement
 MEASURED_SETS = ("adapter", "merged", "control")  # the answer sets the measurements are made on
 FIDELITY_PROMPTS = 4  # teacher-forced answers the merge's logits are compared on: enough positions, little memory
@@ -418,7 +419,7 @@ def _keep(run: _Run, name: str, made: list[Generation], seconds: float, beside: 
     timing: dict[str, Any] = {"seconds": round(seconds, 3), "new_tokens": tokens,
                               "tokens_per_s": round(tokens / seconds, 1)}
     if plan is not None:  # what "auto" chose: the cache key holds the settings, not the free memory they met
-        timing.update(batch_size=plan.batch_size, decode="compiled" if plan.cache == "static" else "eager")
+        timing.update(batch_size=plan.batch_size, decode=DECODE_NAMES.get(plan.cache, "eager"))
     run.timing[name] = timing | ({"beside": beside} if beside else {})
     run.outputs[name] = made
     run.generated.append(name)

@@ -5,20 +5,22 @@ not eyeballed. Decoding only the new token ids (never slicing the prompt off a d
 whose tokens re-merge differently from corrupting the answer.
 
 Speed (judging is most of a run's GPU time): prompts are sorted by length so a batch pads little; on CUDA a
-batch holds as many prompts as the free memory's KV cache allows (all of them for a small model). A call that
-decodes many steps (``COMPILE_MIN_STEPS``: a large model in many batches) uses a static KV cache, every batch of
-the same size (the last filled with repeats, whose answers are dropped) and one cache length, so transformers
-compiles the decode step once (CUDA graphs) and every batch — and the next model of the same architecture —
-reuses it. The cache is sized to its call (``_forget_cache_length``), so a call of another length compiles again:
-the price of answers that depend only on their call. A call of few steps decodes eagerly: the compile would cost
-more than it saves. A 4-bit model is not compileable; it decodes eagerly, in as few batches as memory allows.
-cuDNN's attention is off on CUDA (``GenerationConfig.cudnn_attention``). Generation stops when every row has
-reached EOS.
+batch holds as many prompts as the free memory's KV cache allows (all of them for a small model). A greedy call
+on CUDA replays its eager decode step as a CUDA graph over a static KV cache (``harness.decode``): the host's
+launches, which bound an eager decode of a small or 4-bit model, are gone, and nothing is compiled. Every batch
+of a call is of one size (the last filled with repeats, whose answers are dropped) so one capture serves them
+all. A call that decodes very many steps (``COMPILE_MIN_STEPS``) compiles the step instead: transformers' static
+cache, its inductor kernels fused. The cache is sized to its call (``_forget_cache_length``), so a call of
+another length compiles again: the price of answers that depend only on their call. A sampled call decodes
+eagerly, with a growing cache. cuDNN's attention is off on CUDA (``GenerationConfig.cudnn_attention``).
+Generation stops when every row has reached EOS.
 
-The compiled step rounds differently from eager kernels. On the stand-in, greedy text is the same either way
-(tested). On SmolLM2 in bf16 (H200), the compiled decode matched the eager text on 120-127 of 316 prompts, while
-verdicts against the 4-bit model agreed on 295-297 of 316 against 298-300 (``scripts/gpu-measure.sh
-decode-equivalence``). ``cache = "dynamic"`` always decodes eagerly, ``"static"`` always compiles.
+The graph gives the eager kernels' answers: on SmolLM2 in bf16 (H200, 316 prompts) the same text as eager
+decoding with a growing cache on 316 of 316 prompts, for the merged and the 4-bit model (``scripts/gpu-measure.sh
+decode-equivalence``), and transformers' eager static-cache text token for token (tested, CPU and CUDA). The
+compiled step rounds differently: on SmolLM2 it matched the eager text on 120-127 of 316 prompts, while verdicts
+against the 4-bit model agreed on 295-297 of 316 against 298-300. ``cache = "dynamic"`` always decodes eagerly,
+``"static"`` always compiles, ``"graph"`` always replays (greedy calls).
 """
 
 from __future__ import annotations
@@ -38,29 +40,32 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from harness import decode
 from harness.cache import atomic_write_text
 from harness.config import GenerationConfig
 from harness.errors import InputError
 from harness.prompts import build_prompt
 
 T = TypeVar("T")
-CACHES = ("auto", "dynamic", "static")
+CACHES = ("auto", "dynamic", "static", "graph")
 CPU_BATCH = 16  # on CPU a batch is compute, not launches: bigger batches only add padding
 KV_MEMORY_SHARE = 0.5  # of the free GPU memory, for the KV cache of one batch (the rest: activations, logits)
-# Compiling the decode step costs ~33 s once per shape (SmolLM2, H200) and saves each decode step's host launch
-# time: ~10 ms on SmolLM2 at batch 316 (one batch of 320 steps: eager 8.3 s, compiled 38.2 s with its compile,
-# one process), 24.6 ms on the 7B shape at batch 32 (eager 35.5 ms a step, compiled 10.9). If the 7B compiles in
-# about the same time (not measured), compiling pays past ~1,300 (7B) to ~3,300 (SmolLM2) decode steps in one
-# call: 2,560 is 8 batches of 320 new tokens. A 7B evaluation under a T4's memory (40 batches of 8) compiles; on
-# an H200 (316 prompts in 1-2 batches) it decodes eagerly. The choice is per call: a second model of the same
-# shape reuses a compiled step (the base after the merged model), which this leaves aside.
-COMPILE_MIN_STEPS = 2_560
+# Compiling the decode step costs ~33 s once per shape (SmolLM2, H200) and saves, against the eager step replayed
+# as a CUDA graph, only what inductor's fused kernels save on the GPU: 0.83 ms a step on the 7B shape at batch 32
+# (H200, 2026-12-06, side by side: 128 steps in 1.524 s compiled, 1.630 s as a graph), nothing on SmolLM2 at batch
+# 316 (the graph decodes 320 steps in 2.8 s; the compiled step took 38.2 s with its compile, ~5 s without). If the
+# 7B compiles in about the same time (not measured), compiling pays past ~40,000 decode steps in one call: 128
+# batches of 320 new tokens. A 7B evaluation under a T4's memory (40 batches of 8) replays a graph. The choice is
+# per call: a second model of the same shape reuses a compiled step (the base after the merged model), which this
+# leaves aside.
+COMPILE_MIN_STEPS = 40_960
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not a whole UTF-8 character
 MAX_CHAR_TOKENS = 3  # bytes of a character left unfinished (at most 3 of 4), so at most as many tokens
 # In the generation cache's key: bump when what ``generate`` answers for the same settings changes, so answers
 # cached by an earlier version are made again (2: a character left unfinished by the token budget is dropped;
-# 3: "auto" decodes eagerly where the compile does not pay, and without cuDNN's attention: other greedy text).
-ANSWER_FORMAT = 3
+# 3: "auto" decodes eagerly where the compile does not pay, and without cuDNN's attention: other greedy text;
+# 4: "auto" decodes greedy calls on CUDA in a CUDA graph over a static cache, ``harness.decode``).
+ANSWER_FORMAT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +107,8 @@ def decode_plan(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig)
     lengths = tuple(len(ids) for ids in tokenizer(list(prompts))["input_ids"])
     size = cfg.batch_size or auto_batch_size(model, max(lengths) + cfg.max_new_tokens, len(prompts))
     steps = math.ceil(len(prompts) / size) * cfg.max_new_tokens
-    return DecodePlan(batch_size=size, cache=resolve_cache(cfg.cache, model, decode_steps=steps), lengths=lengths)
+    cache = resolve_cache(cfg.cache, model, decode_steps=steps, greedy=not cfg.do_sample)
+    return DecodePlan(batch_size=size, cache=cache, lengths=lengths)
 
 
 @torch.inference_mode()
@@ -128,21 +134,26 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     model.config.use_cache = True  # training switches it off; decoding without it is quadratic
     tokenizer.padding_side = "left"  # so every row's last prompt token sits at the same position
     plan = plan or decode_plan(model, tokenizer, prompts, cfg)
-    batches = plan_batches(plan.lengths, plan.batch_size, fill=plan.cache == "static")
-    decoding = _decoding(cfg, plan.cache, max(plan.lengths) + cfg.max_new_tokens)
+    batches = plan_batches(plan.lengths, plan.batch_size, fill=plan.cache in ("static", "graph"))
+    positions = max(plan.lengths) + cfg.max_new_tokens
+    decoding = _decoding(cfg, plan.cache, positions)
     if plan.cache == "static":
         _forget_cache_length(model)
     results: dict[int, Generation] = {}
-    # (A decode step compiled under one setting may keep the kernels it was traced with: a process switching
+    # (A decode step compiled or captured under one setting keeps the kernels it was made with: a process switching
     # ``cudnn_attention`` between compiled calls wants ``torch._dynamo.reset()``; the harness never switches.)
     with attention_kernels(model.device, cfg.cudnn_attention):
+        graph = _graph_decoder(model, tokenizer, len(batches[0]), positions, cfg) if plan.cache == "graph" else None
         for batch in tqdm(batches, desc="generate", disable=not progress):
             chunk = [prompts[i] for i in batch]
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
             rows = None if seeds is None or not cfg.do_sample else [seeds[i] for i in batch]
-            out = model.generate(**enc, **_sampling(cfg, rows, model.device), **decoding,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            new = out[:, enc["input_ids"].shape[1] :]
+            if graph is not None:
+                new = graph.run(enc["input_ids"], enc["attention_mask"])
+            else:
+                out = model.generate(**enc, **_sampling(cfg, rows, model.device), **decoding,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                new = out[:, enc["input_ids"].shape[1] :]
             for i, row in zip(batch, new, strict=True):
                 seed = None if rows is None else seeds[i]  # type: ignore[index]
                 results.setdefault(i, _one(prompts[i], row, tokenizer, seed))  # a repeat filling a batch is dropped
@@ -219,18 +230,32 @@ def fitting_batch(budget_bytes: float, per_row_bytes: int, n_prompts: int) -> in
     return math.ceil(n_prompts / n_batches)
 
 
-def resolve_cache(setting: str, model, decode_steps: int | None = None) -> str:
+def resolve_cache(setting: str, model, decode_steps: int | None = None, greedy: bool = True) -> str:
     """``auto``: a static cache with a compiled decode step where transformers can compile the model (a plain model
-    on CUDA) and the call decodes enough steps to pay for the compile (``COMPILE_MIN_STEPS``; None: assume so),
-    else the dynamic cache, eager."""
+    on CUDA) and the call decodes enough steps to pay for the compile (``COMPILE_MIN_STEPS``; None: assume so);
+    else, for greedy decoding on CUDA, the eager step in a CUDA graph (``harness.decode``) where the model allows
+    it; else the dynamic cache, eager. ``graph`` for a model the loop cannot decode is an error."""
     if setting not in CACHES:
         raise InputError(f"generation cache {setting!r}: expected one of {', '.join(CACHES)}")
+    if setting == "graph" and not greedy:
+        return "dynamic"  # the loop decodes greedily; a sampled call of a "graph" run decodes eagerly
+    if setting == "graph" and (why := decode.unsupported(model)):
+        raise InputError(f"generation cache 'graph': this model cannot decode in a CUDA graph: {why}")
     if setting != "auto":
         return setting
+    if model.device.type != "cuda":
+        return "dynamic"
     quantizer = getattr(model, "hf_quantizer", None)
     compileable = quantizer is None or getattr(quantizer, "is_compileable", False)
-    pays = decode_steps is None or decode_steps >= COMPILE_MIN_STEPS
-    return "static" if model.device.type == "cuda" and compileable and pays else "dynamic"
+    if compileable and (decode_steps is None or decode_steps >= COMPILE_MIN_STEPS):
+        return "static"
+    return "graph" if greedy and decode.unsupported(model) is None else "dynamic"
+
+
+def _graph_decoder(model, tokenizer, batch: int, positions: int, cfg: GenerationConfig) -> decode.GraphDecoder:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return decode.GraphDecoder(model, batch, positions, cfg.max_new_tokens, cfg.min_new_tokens,
+                               tokenizer.eos_token_id, pad)
 
 
 def _forget_cache_length(model) -> None:

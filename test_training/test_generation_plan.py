@@ -142,29 +142,56 @@ def _model_on(device: str, quantizer=None):
     return SimpleNamespace(device=torch.device(device), hf_quantizer=quantizer)
 
 
-@given(st.sampled_from(["cpu", "cuda"]), st.booleans(), st.one_of(st.none(), st.integers(0, 10**6)))
-def test_auto_compiles_only_a_plain_cuda_model_whose_call_decodes_enough_steps(device, quantized, steps):
+@given(st.sampled_from(["cpu", "cuda"]), st.booleans(), st.one_of(st.none(), st.integers(0, 10**6)), st.booleans(),
+       st.booleans())
+def test_auto_compiles_a_long_plain_cuda_call_and_replays_other_greedy_cuda_calls_as_a_graph(
+        device, quantized, steps, greedy, decodable):
+    from unittest import mock
+
+    from harness import decode
     from harness.generate import COMPILE_MIN_STEPS, resolve_cache
 
     quantizer = SimpleNamespace(is_compileable=False) if quantized else None
-    got = resolve_cache("auto", _model_on(device, quantizer), decode_steps=steps)
+    model = _model_on(device, quantizer)
+    with mock.patch.object(decode, "unsupported", return_value=None if decodable else "a reason"):
+        got = resolve_cache("auto", model, decode_steps=steps, greedy=greedy)
+        for explicit in ("dynamic", "static"):  # an explicit setting is never second-guessed
+            assert resolve_cache(explicit, model, decode_steps=steps, greedy=greedy) == explicit
     pays = steps is None or steps >= COMPILE_MIN_STEPS
-    assert got == ("static" if device == "cuda" and not quantized and pays else "dynamic")
-    for explicit in ("dynamic", "static"):  # an explicit setting is never second-guessed
-        assert resolve_cache(explicit, _model_on(device, quantizer), decode_steps=steps) == explicit
+    if device == "cpu":
+        assert got == "dynamic"
+    elif not quantized and pays:
+        assert got == "static"
+    else:
+        assert got == ("graph" if greedy and decodable else "dynamic")
 
 
-def test_one_batch_of_a_small_model_decodes_eagerly_and_many_batches_of_a_large_one_compile():
-    # SmolLM2's 316 held-out prompts fit one batch of 320 steps on an H200 (eager 8.3 s against 38.2 s compiled);
-    # the 7B shape under a T4's memory answers them 8 at a time (40 batches); on an H200, in 1-2 batches, eagerly.
+def test_a_small_model_and_a_7b_under_a_t4_replay_a_graph_and_only_a_huge_call_compiles(monkeypatch):
+    # SmolLM2's 316 held-out prompts fit one batch of 320 steps on an H200; the 7B shape under a T4's memory
+    # answers them 8 at a time (40 batches): both replay a graph. Only 128 batches of 320 pay for a compile.
+    from harness import decode
     from harness.generate import COMPILE_MIN_STEPS, resolve_cache
 
+    monkeypatch.setattr(decode, "unsupported", lambda model: None)
     cuda = _model_on("cuda")
-    assert resolve_cache("auto", cuda, decode_steps=1 * 320) == "dynamic"
-    assert resolve_cache("auto", cuda, decode_steps=2 * 320) == "dynamic"
-    assert resolve_cache("auto", cuda, decode_steps=40 * 320) == "static"
-    assert resolve_cache("auto", cuda, decode_steps=COMPILE_MIN_STEPS - 1) == "dynamic"  # the boundary
+    assert resolve_cache("auto", cuda, decode_steps=1 * 320) == "graph"
+    assert resolve_cache("auto", cuda, decode_steps=40 * 320) == "graph"
+    assert resolve_cache("auto", cuda, decode_steps=128 * 320) == "static"
+    assert resolve_cache("auto", cuda, decode_steps=COMPILE_MIN_STEPS - 1) == "graph"  # the boundary
     assert resolve_cache("auto", cuda, decode_steps=COMPILE_MIN_STEPS) == "static"
+    assert resolve_cache("auto", cuda, decode_steps=320, greedy=False) == "dynamic"  # sampling: eager
+    assert resolve_cache("graph", cuda, decode_steps=320, greedy=False) == "dynamic"
+
+
+def test_an_explicit_graph_for_a_model_the_loop_cannot_decode_is_a_one_line_error(monkeypatch):
+    from harness import decode
+    from harness.errors import InputError
+    from harness.generate import resolve_cache
+
+    monkeypatch.setattr(decode, "unsupported", lambda model: "its generation_config sets repetition_penalty")
+    with pytest.raises(InputError, match=r"^generation cache 'graph': .* sets repetition_penalty$"):
+        resolve_cache("graph", _model_on("cuda"), decode_steps=320)
+    assert resolve_cache("auto", _model_on("cuda"), decode_steps=320) == "dynamic"  # auto falls back
 
 
 @pytest.mark.parametrize(("n_prompts", "batch_size", "batches", "cudnn"),
@@ -182,9 +209,9 @@ def test_generate_plans_its_decode_steps_and_decodes_inside_the_attention_choice
     seen: dict[str, object] = {}
     real_resolve = generate.resolve_cache
 
-    def resolve(setting, model, decode_steps=None):
+    def resolve(setting, model, decode_steps=None, greedy=True):
         seen["steps"] = decode_steps
-        return real_resolve(setting, model, decode_steps)
+        return real_resolve(setting, model, decode_steps, greedy)
 
     @contextlib.contextmanager
     def kernels(device, cudnn):
