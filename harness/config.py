@@ -257,13 +257,15 @@ class EvalConfig:
     # fp32 adapter arithmetic, before ``merge.lora_in`` gave it training's). Costs two more generations,
     # eager, and an fp32 copy (4 bytes a parameter: a small model's check).
     fp32_agreement: int = 0
-    # The 4-bit model answers in a child process while this one runs the merged and base models and the retention,
-    # where the plan allows it (CUDA, one process, room for both with every prompt in one batch: the serial batch
-    # plan; ``harness.overlap``); elsewhere the models answer one after the other. A cold SmolLM2 evaluation of
-    # 316 prompts on the H200: 76.7 s against 92.4 s one after the other (side by side in one run, 2026-12-02),
-    # the same answers with eager decoding (tested). Beside the busy child a *compiled* merged decode once gave
-    # another greedy answer on 1 of 4 prompts, so answers made beside it are cached apart.
-    overlap: bool = True
+    # True: the 4-bit model answers in a child process while this one runs the merged and base models and the
+    # retention, where the plan allows it (CUDA, one process, room for both with every prompt in one batch: the
+    # serial batch plan; ``harness.overlap``); elsewhere the models answer one after the other. It paid while the
+    # 4-bit model's decode was bound by the host (a cold SmolLM2 evaluation of 316 prompts on the H200, eager
+    # decoding: 57.6 s against 72.3 s one after the other, 2026-12-02). Replayed as a CUDA graph that decode takes
+    # 4.5 s, and the child's own start costs more than it saves: 45.6 s against 41.8 s one after the other (H200,
+    # 2026-12-06, side by side in one call). Beside the busy child a *compiled* merged decode once gave another
+    # greedy answer on 1 of 4 prompts, so answers made beside it are cached apart.
+    overlap: bool = False
 
     def _fp32_agreement_rule(self, value: Any) -> str | None:
         if (problem := _int_in(0)(value)) is not None or value == 0 or self.with_adapter:

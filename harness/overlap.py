@@ -1,14 +1,13 @@
 """Stage 7, overlapped: the 4-bit model answers in a child process while this one runs the merged and base models.
 
-The 4-bit model decodes eagerly (transformers compiles no bitsandbytes model) and is bound by the host's kernel
-launches, and so, with every prompt in one batch, are the merged and base models (``cache = "auto"`` decodes them
-eagerly where a compile would not pay). One after the other they were most of a cold evaluation; side by side
-they share a GPU that none of them keeps busy. SmolLM2-135M, 316 prompts, H200 (2026-12-02, side by side in one
-run): the whole ``hearts eval`` took 57.6 s against 72.3 s one after the other; the child (given its work 9 s in,
-then 30.6 s of decoding with the GPU busy ~11% of the time) is its critical path, and the parent waited 13.4 s for
-it after the merged and base models' answers and the retention. More processes would not pay: without MPS the GPU
-runs one process's kernels at a time (``scripts/decode_shards.py``: the bf16 base 10.2 s in one process, 10.0 s
-in two).
+Decoded eagerly, the 4-bit model (transformers compiles no bitsandbytes model) is bound by the host's kernel
+launches, and so, with every prompt in one batch, are the merged and base models. One after the other they were
+most of a cold evaluation; side by side they shared a GPU that none of them kept busy. SmolLM2-135M, 316
+prompts, H200 (2026-12-02, side by side in one run): the whole ``hearts eval`` took 57.6 s against 72.3 s one
+after the other; the child (given its work 9 s in, then 30.6 s of decoding with the GPU busy ~11% of the time)
+was its critical path, and the parent waited 13.4 s for it after the merged and base models' answers and the
+retention. More processes would not pay: without MPS the GPU runs one process's kernels at a time
+(``scripts/decode_shards.py``: the bf16 base 10.2 s in one process, 10.0 s in two).
 
 Only where it changes no batch plan: on CUDA, in one process (a launcher's ranks already share the work), and
 where both models and a KV cache for every prompt fit at once in the share of free memory one serial batch may
@@ -17,8 +16,12 @@ gives the serial answers (tested, CPU and CUDA). A *compiled* decode (``cache = 
 busy child, the merged model's greedy answers differed on 1 of 4 prompts from its serial ones in the same process
 (H200, SmolLM2, bf16, 2026-12-02), while the child's 4-bit answers were the serial ones. The likely cause is
 inductor choosing kernel configs by timing them on the GPU (pytorch/pytorch#189121: near-tied winners flip
-numerics), which a second process disturbs: answers made beside the child are cached apart. ``[eval] overlap`` is
-on by default (``--no-overlap``: one after the other; ``test_training/test_envelope_smollm2_eval.py`` times both).
+numerics), which a second process disturbs: answers made beside the child are cached apart.
+
+Off by default since every greedy decode is replayed as a CUDA graph (``harness.decode``): the 4-bit model then
+decodes in 4.5 s, and the child's start and hand-over cost more than the overlap saves (H200, 2026-12-06, side
+by side in one call: 45.6 s with the child, 41.8 s one after the other). ``[eval] overlap = true`` (``--overlap``)
+still runs it: where a decode is eager (a sampled call) or a GPU is slower at launches, it may pay again.
 Everything else — the cache, the report — stays in this process.
 """
 

@@ -36,17 +36,17 @@ def test_hearts_run_refuses_a_broken_gate_config_before_training(artifacts_dir, 
     assert not (tmp_path / "never-used").exists()
 
 
-def test_overlap_is_on_by_default_and_a_flag_turns_it_off(tmp_path):
+def test_overlap_is_off_by_default_and_a_flag_turns_it_on(tmp_path):
     from harness.cli import build_parser
     from harness.commands.options import settings
 
     def parsed(*flags):
         return settings(build_parser().parse_args(["eval", "--out", str(tmp_path / "r"), *flags])).eval
 
-    assert parsed().overlap is True and parsed("--no-overlap").overlap is False
-    assert parsed("--overlap").overlap is True
-    assert parsed("--no-overlap").generation_cache is True  # one switch, not two
-    off = tmp_path / "serial.toml"
-    off.write_text("[eval]\noverlap = false\n")
-    assert parsed("--config", str(off)).overlap is False  # the config's, unless a flag says otherwise
-    assert parsed("--config", str(off), "--overlap").overlap is True
+    assert parsed().overlap is False and parsed("--overlap").overlap is True
+    assert parsed("--no-overlap").overlap is False
+    assert parsed("--overlap").generation_cache is True  # one switch, not two
+    on = tmp_path / "beside.toml"
+    on.write_text("[eval]\noverlap = true\n")
+    assert parsed("--config", str(on)).overlap is True  # the config's, unless a flag says otherwise
+    assert parsed("--config", str(on), "--no-overlap").overlap is False

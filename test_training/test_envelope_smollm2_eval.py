@@ -30,14 +30,15 @@ BASE = "smollm2-135m"
 # way -> (extra [generation] TOML lines, extra flags, how the merged model must have decoded); "defaults" is what
 # `hearts eval` does unasked.
 WAYS: dict[str, tuple[str, list[str], str]] = {
-    # one batch: eager decoding, no cuDNN attention, the 4-bit model in a child process beside the others
-    "defaults": ("", [], "eager"),
-    "serial": ("", ["--no-overlap"], "eager"),  # the models one after the other, as before
-    # the decode step compiled, as before (one after the other, as it was measured)
-    "compiled": ('[generation]\ncache = "static"\n', ["--no-overlap"], "compiled"),
-    "cudnn": ("[generation]\ncudnn_attention = true\n", ["--no-overlap"], "eager"),  # torch's own attention
+    # one batch per model, one after the other, each greedy decode replayed as a CUDA graph (harness.decode)
+    "defaults": ("", [], "graph"),
+    "overlap": ("", ["--overlap"], "graph"),  # the 4-bit model in a child process beside the others
+    # the decoding before the graphs: eager kernels launched one by one, one after the other
+    "eager": ('[generation]\ncache = "dynamic"\n', [], "eager"),
+    "compiled": ('[generation]\ncache = "static"\n', [], "compiled"),  # the decode step compiled
+    "cudnn": ('[generation]\ncache = "dynamic"\ncudnn_attention = true\n', [], "eager"),  # torch's own attention
 }
-BESIDE = ("defaults",)  # the ways whose 4-bit model answers in the child
+BESIDE = ("overlap",)  # the ways whose 4-bit model answers in the child
 GOAL_S = 60.0  # #12: 300 prompts x 3 models in <= 60 s of wall time on the H200; held to the command's whole wall
 # time (process start, loading, generation, fidelity and retention, the report), what a runner waits for
 
@@ -136,32 +137,33 @@ def _measured(ways, merged, tmp_path_factory, *names: str) -> list[dict]:
 def test_one_batch_decodes_faster_eager_than_compiled(ways, merged, tmp_path_factory) -> None:
     # The merged model, 316 prompts in one batch of 320 steps: 8.3 s eager, 38.2 s compiled (H200, 2026-12-02).
     # Both one after the other: beside the child the merged model decodes slower (14.6 s against 13.1 s).
-    serial, compiled = _measured(ways, merged, tmp_path_factory, "serial", "compiled")
-    eager_s, compiled_s = serial["models"]["merged"]["seconds"], compiled["models"]["merged"]["seconds"]
+    eager, compiled = _measured(ways, merged, tmp_path_factory, "eager", "compiled")
+    eager_s, compiled_s = eager["models"]["merged"]["seconds"], compiled["models"]["merged"]["seconds"]
     print(f"\nmerged model: eager {eager_s:.1f} s, compiled {compiled_s:.1f} s")
     assert eager_s < compiled_s
 
 
 def test_a_cold_4bit_decode_is_faster_without_cudnn_attention(ways, merged, tmp_path_factory) -> None:
     # The 4-bit base alone: 16.4 s without cuDNN's attention, 33.1 s with it (H200, 2026-12-02, one process).
-    serial, cudnn = _measured(ways, merged, tmp_path_factory, "serial", "cudnn")
-    without, with_cudnn = serial["models"]["adapter"]["seconds"], cudnn["models"]["adapter"]["seconds"]
+    eager, cudnn = _measured(ways, merged, tmp_path_factory, "eager", "cudnn")
+    without, with_cudnn = eager["models"]["adapter"]["seconds"], cudnn["models"]["adapter"]["seconds"]
     print(f"\n4-bit model: {without:.1f} s without cuDNN's attention, {with_cudnn:.1f} s with it")
     assert without < with_cudnn
 
 
-def test_the_defaults_judge_faster_than_before_and_against_the_goal(ways, merged, tmp_path_factory,
-                                                                     record_property) -> None:
-    # The goal of #12 (GOAL_S): the defaults took 57.6 s, one after the other 72.3 s (H200, 2026-12-02, side by
-    # side in one run; README); an earlier run, on a machine 1.5x slower at bf16 decoding and before the child was
-    # spawned at the start, took 76.7 s. So the goal's 4% margin is a machine's, not the code's: recorded, not
-    # asserted. The 4-bit model's host-bound decode (~30 s) in the child is the critical path. Held: the defaults
-    # beat the former ways side by side, one after the other (the old default), compiled and cuDNN's attention.
-    defaults, serial, compiled, cudnn = _measured(ways, merged, tmp_path_factory, *WAYS)
+def test_the_defaults_judge_within_the_goal_and_faster_than_before(ways, merged, tmp_path_factory,
+                                                                   record_property) -> None:
+    # The goal of #12 (GOAL_S). Before the graphs the 4-bit model's host-bound decode (~30 s) was the critical path
+    # and the defaults took 57.6 s, a 4% margin that a machine's speed decides, so it was recorded, not asserted.
+    # With every greedy decode replayed as a CUDA graph: 41.8 s, the child beside the others 45.6 s (H200,
+    # 2026-12-06, scripts/gpu-measure.sh eval-cold, side by side in one call): a 30% margin, asserted. Held too:
+    # the defaults beat the child beside them and the eager decoding they replace, side by side.
+    defaults, overlap, eager = _measured(ways, merged, tmp_path_factory, "defaults", "overlap", "eager")
     record_property("command_s", defaults["command_s"])
     print(f"\ncold evaluation: {defaults['command_s']:.1f} s (goal {GOAL_S:.0f} s); "
           + ", ".join(f"{n} {w['command_s']:.1f} s, generation {w['generation_s']:.1f} s" for n, w in ways.items()))
     for name, way in ways.items():
         print(f"{name}: " + ", ".join(f"{stage} {s:.1f} s" for stage, s in way["stages"].items())
               + f", unstaged {way['unstaged_s']:.1f} s")
-    assert defaults["command_s"] < min(serial["command_s"], compiled["command_s"], cudnn["command_s"])
+    assert defaults["command_s"] <= GOAL_S
+    assert defaults["command_s"] < min(overlap["command_s"], eager["command_s"])

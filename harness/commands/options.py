@@ -65,7 +65,8 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         help="generate every answer again instead of reusing cached ones (default: reuse; --retrain implies it)")
     add("--overlap", action=argparse.BooleanOptionalAction, default=None,
         help="the 4-bit model answers in a child process while the merged and base models answer, on one GPU "
-             "with room for both (default: on; elsewhere, or with --no-overlap, one after the other)")
+             "with room for both (default: off, one after the other: with every greedy decode replayed as a CUDA "
+             "graph the child's start costs more than it saves)")
 
 
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
