@@ -30,6 +30,9 @@
 #                                           of the one-batch decode (scripts/decode_shards.py)
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
+#   scripts/gpu-measure.sh generation-profile
+#                                           torch.profiler top-25 of the 7B shape's generation at batch 32 (128 new
+#                                           tokens), replayed as a CUDA graph and compiled (docs/perf material)
 #   scripts/gpu-measure.sh sweep train|run TOML...
 #                                           recipe sweep: one `hearts train` (or `run`) per TOML, all at once
 #                                           (small-model training is host-bound: a process per config keeps
@@ -182,9 +185,22 @@ def judged():
 
 
 merged = lambda: merge.load_merged(merged_dir, dtype)  # noqa: E731
+
+
+def uncompiled(load):
+    """``load``'s model with transformers' compile of a static cache's step switched off: its eager static decode."""
+    def loaded():
+        lm = load()
+        lm.generation_config.disable_compile = True
+        return lm
+    return loaded
+
+
 # name: (load, cache, inductor emulates eager's bf16 rounding); eager references first. DECODE_VARIANTS (comma-
-# separated names) runs some of them only.
+# separated names) runs some of them only. "-graph": harness.decode's loop, whose claim is the "-static-eager" text.
 variants = {"4bit-eager": (four_bit, "dynamic", False), "merged-eager": (merged, "dynamic", False),
+            "4bit-static-eager": (uncompiled(four_bit), "static", False), "4bit-graph": (four_bit, "graph", False),
+            "merged-static-eager": (uncompiled(merged), "static", False), "merged-graph": (merged, "graph", False),
             "merged-compiled": (merged, "static", False), "judged-eager": (judged, "dynamic", False),
             "merged-compiled-emulated": (merged, "static", True), "judged-compiled-emulated": (judged, "static", True)}
 chosen = [v for v in os.environ.get("DECODE_VARIANTS", "").split(",") if v] or list(variants)
@@ -212,12 +228,13 @@ for name in chosen:
     result[f"{name}_graphs"] = counters["stats"].get("unique_graphs", 0)
     result[f"{name}_graph_breaks"] = sum(counters["graph_break"].values())
     result[f"{name}_s"] = round(result[f"{name}_s"], 1)
-    ref = "merged-eager" if name.startswith("merged") else "4bit-eager"
-    if ref in answers and ref != name:
-        result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
     (out / "decode-equivalence.json").write_text(json.dumps(result, indent=2))  # after each: a cut run keeps some
+for name in answers:  # once all have run: the variants may come in any order
+    eager = "merged-eager" if name.startswith("merged") else "4bit-eager"
+    for ref in {eager, name.replace("-graph", "-static-eager")} & set(answers) - {name}:
+        result[f"{name}_same_text_as_{ref}"] = sum(a.response == b.response for a, b in zip(answers[ref], answers[name]))
 verdicts = {k: judge(v) for k, v in answers.items()}
-for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"),
+for a, b in (("4bit-eager", "merged-eager"), ("4bit-eager", "merged-compiled"), ("4bit-graph", "merged-graph"),
              ("judged-compiled-emulated", "merged-compiled-emulated")):
     if a in verdicts and b in verdicts:
         result[f"verdicts_{a}_vs_{b}"] = sum(x.passed == y.passed for x, y in zip(verdicts[a], verdicts[b]))
@@ -311,6 +328,35 @@ PY
     ;;
 decode-shards)
     step decode-shards "$PY" -m scripts.decode_shards main "$OUT_DIR"
+    ;;
+generation-profile)
+    step generation-profile "$PY" - "$OUT_DIR" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from harness import data, generate
+from harness import model as models
+from harness.config import GenerationConfig
+from harness.standin import shape_7b_base
+
+out = Path(sys.argv[1])
+shape = shape_7b_base(Path(".hearts-cache"))
+lm, tok = models.load_base(shape, torch.float16), models.load_tokenizer(shape)
+prompts = generate.prompts_for(data.load_eval_prompts("bundled")[:32])
+for cache in ("graph", "static"):
+    cfg = GenerationConfig(max_new_tokens=128, min_new_tokens=128, batch_size=32, cache=cache)
+    generate.generate(lm, tok, prompts, cfg)  # the capture or the compile, outside the window
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        generate.generate(lm, tok, prompts, cfg)
+        torch.cuda.synchronize()
+    for key in ("cuda_time_total", "cpu_time_total"):
+        table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
+        (out / f"h200-7b-b32-{cache}-by-{key.split('_')[0]}.txt").write_text(table)
+PY
     ;;
 compile-history)
     step compile-history "$PY" - "$BASE" "$OUT_DIR" <<'PY'
