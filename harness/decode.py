@@ -149,19 +149,24 @@ class GraphDecoder:
             self.graph.replay()
         elif not self.on_cuda:
             self._decode_step()
-        elif not self.warmed:
-            side = torch.cuda.Stream(self.tokens.device)  # as torch's docs warm up: off the capturing stream
-            side.wait_stream(torch.cuda.current_stream(self.tokens.device))
+        else:
+            with torch.cuda.device(self.tokens.device):  # the model's GPU, whichever is current (a launcher's rank)
+                self._warm_up_or_capture()
+
+    def _warm_up_or_capture(self) -> None:
+        if not self.warmed:
+            side = torch.cuda.Stream()  # as torch's docs warm up: off the stream that will capture
+            side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._decode_step()
-            torch.cuda.current_stream(self.tokens.device).wait_stream(side)
+            torch.cuda.current_stream().wait_stream(side)
             self.warmed = True
-        else:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._decode_step()  # recorded, not run
-            self.graph = graph
-            graph.replay()
+            return
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._decode_step()  # recorded, not run
+        self.graph = graph
+        graph.replay()
 
 
 def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
