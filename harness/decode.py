@@ -37,14 +37,18 @@ NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (Non
            "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
            "sequence_bias": (None,), "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
            "renormalize_logits": (None, False), "guidance_scale": (None, 1.0), "watermarking_config": (None,),
-           "stop_strings": (None,), "max_time": (None,)}
+           "stop_strings": (None,), "max_time": (None,), "num_beams": (None, 1), "num_return_sequences": (None, 1),
+           "remove_invalid_values": (None, False)}
+# RoPE whose frequencies are recomputed from the positions a forward sees (a host-side decision a replay skips)
+RECOMPUTED_ROPE = ("dynamic", "longrope")
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")  # config keys of mixture-of-experts models
 
 
 def unsupported(model) -> str | None:
     """Why ``model`` cannot decode in this loop (None: it can): it needs transformers' cache interface of 5.2x (a
     ``cache`` argument; a static layer that keeps its length on the device, so a replayed step advances it), full
-    causal attention in every layer (the loop builds the mask itself), one device, and nothing in its
-    generation_config that changes greedy decoding."""
+    causal attention in every layer through SDPA (the loop builds the mask itself), RoPE fixed in advance, no
+    experts, one device, and nothing in its generation_config that changes greedy decoding."""
     from transformers.cache_utils import StaticLayer
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -55,6 +59,13 @@ def unsupported(model) -> str | None:
     text = model.config.get_text_config()
     if getattr(text, "sliding_window", None) or set(getattr(text, "layer_types", None) or ()) - {"full_attention"}:
         return "it has sliding-window or other non-full attention layers (the loop's mask is full causal attention)"
+    if (attention := getattr(text, "_attn_implementation", None)) != "sdpa":
+        return f"its attention is {attention!r}, not 'sdpa' (the loop's boolean mask is SDPA's form)"
+    rope = str((getattr(text, "rope_parameters", None) or {}).get("rope_type", "default"))
+    if any(kind in rope for kind in RECOMPUTED_ROPE):
+        return f"its RoPE ({rope!r}) is recomputed from the positions of each forward"
+    if any(getattr(text, key, None) for key in EXPERT_COUNTS):
+        return "it has mixture-of-experts layers (generate switches their kernels for decoding)"
     if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
         return "it is spread over several devices"
     settings = getattr(model, "generation_config", None)

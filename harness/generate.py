@@ -92,9 +92,9 @@ def sample_seed(seed: int, prompt: str, k: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DecodePlan:
-    """How one call decodes: rows per batch, and the KV cache ("static": the decode step compiled; "dynamic":
-    eager), as ``cache = "auto"`` resolved it for this model, these prompts and the free memory; with the
-    prompts' token counts it was planned from."""
+    """How one call decodes: rows per batch, and the KV cache ("graph": static, the eager step replayed as a CUDA
+    graph; "static": the decode step compiled; "dynamic": eager), as ``cache = "auto"`` resolved it for this
+    model, these prompts and the free memory; with the prompts' token counts it was planned from."""
 
     batch_size: int
     cache: str

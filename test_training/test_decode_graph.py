@@ -33,14 +33,26 @@ def _static_eager(model, tokenizer, prompts, cfg: GenerationConfig, monkeypatch)
 
 
 @pytest.mark.parametrize("which", ["merged_model", "adapter_model"])
-@pytest.mark.parametrize("min_new", [0, 24])
-def test_graph_decoding_answers_as_transformers_static_cache_decoded_eagerly(request, which, min_new, tokenizer,
+@pytest.mark.parametrize("bar", [None, 0, 1], ids=["no-min-new", "min-new-allows-the-shortest", "min-new-bars-it"])
+def test_graph_decoding_answers_as_transformers_static_cache_decoded_eagerly(request, which, bar, tokenizer,
                                                                             prompt_texts, monkeypatch):
+    # ``bar``: min_new_tokens set to the shortest answer's tokens before its EOS (0: the EOS comes just in time
+    # and stays) or to one more (1: it comes one step too early and is barred), so both sides of the bound show.
     model = request.getfixturevalue(which)
     prompts = prompt_texts[:PROMPTS]
+    min_new = 0
+    if bar is not None:
+        free = generate.generate(model, tokenizer, prompts, _greedy(cache="graph"))
+        stopped = [i for i, g in enumerate(free) if g.terminated]
+        if not stopped:
+            pytest.skip(f"no answer stopped within {NEW_TOKENS} tokens: no EOS for min_new_tokens to bar")
+        shortest = min(stopped, key=lambda i: free[i].new_tokens)
+        min_new = free[shortest].new_tokens - 1 + bar  # new_tokens counts the EOS
     graph = generate.generate(model, tokenizer, prompts, _greedy(min_new, cache="graph"))
     assert graph == _static_eager(model, tokenizer, prompts, _greedy(min_new), monkeypatch)
-    assert all(g.new_tokens >= min_new for g in graph)
+    if bar is not None:
+        assert (graph[shortest] == free[shortest]) == (bar == 0)
+        assert all(g.new_tokens > min_new for g in graph if g.terminated)  # EOS is the (min_new + 1)-th token at best
 
 
 def test_a_decoder_that_hides_the_fed_tokens_answers_otherwise(merged_model, tokenizer, prompt_texts, monkeypatch):
@@ -89,10 +101,16 @@ def test_a_model_whose_generation_config_changes_greedy_decoding_is_refused_by_n
         generate.generate(merged_model, tokenizer, prompt_texts[:2], _greedy(cache="graph"))
 
 
-def test_a_model_with_sliding_window_attention_is_refused(merged_model, monkeypatch):
-    # The loop's 4D mask is full causal attention: a windowed layer would attend to what its window excludes.
-    monkeypatch.setattr(merged_model.config, "sliding_window", 4, raising=False)
-    assert "sliding-window" in decode.unsupported(merged_model)
+@pytest.mark.parametrize(("where", "key", "value", "said"), [
+    ("config", "sliding_window", 4, "sliding-window"),  # the loop's mask is full causal attention
+    ("config", "_attn_implementation", "eager", "attention is 'eager', not 'sdpa'"),  # eager adds the mask
+    ("config", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "RoPE ('dynamic')"),
+    ("config", "num_local_experts", 8, "mixture-of-experts"),
+    ("generation_config", "num_beams", 4, "num_beams")])
+def test_a_model_the_loop_would_decode_otherwise_is_refused_by_name(merged_model, monkeypatch, where, key, value,
+                                                                     said):
+    monkeypatch.setattr(getattr(merged_model, where), key, value, raising=False)
+    assert said in decode.unsupported(merged_model)
 
 
 def test_a_sampled_call_of_a_graph_run_decodes_eagerly(merged_model, tokenizer, prompt_texts):
