@@ -234,6 +234,28 @@ def checkpointing_on(model) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
+def compile_layers(model) -> int:
+    """Compile each decoder layer of ``model`` (a peft model or a plain one) in place: torch.compile's regional
+    recipe for repeated blocks, forward and backward, sequence lengths dynamic from the first batch.
+
+    The layers are one class with one code path, and dynamo treats their parameters (the 4-bit weights and the
+    LoRA factors) as inputs, so one graph serves every layer; activation checkpointing is traced inside it.
+    The first layer's input is made to require grad like the others' (the frozen embeddings' output would not),
+    or the first layer would take a graph of its own. Returns how many layers were compiled.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise InputError(f"train.compile_layers: {type(inner).__name__} has no decoder layers transformers marks as "
+                         "repeated blocks (GradientCheckpointingLayer): set compile_layers = false")
+    inner.enable_input_require_grads()
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 @contextlib.contextmanager
 def quiet_peft_checkpointing_probe() -> Iterator[None]:
     """peft 0.21 reads ``is_gradient_checkpointing`` when wrapping a model, which warns on transformers 5.2x;

@@ -151,6 +151,8 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     args = training_arguments(cfg, out_dir, dtype)  # before loading: bad options fail fast
     model = models.wrap_qlora(models.load_quantized(base, cfg, dtype), lora, cfg.gradient_checkpointing,
                                cfg.upcast_frozen)
+    if cfg.compile_layers:
+        models.compile_layers(model)
     guard = TrainingModeGuard(cfg.gradient_checkpointing)
     columns = [c for c in ("input_ids", "attention_mask", "labels", "length") if c in train_ds.column_names]
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORED)

@@ -82,17 +82,24 @@ def time_steps(benchmark, trainer, cfg, gpu_profile, *, warmup: int = 2, rounds:
     step, model = train.stepper(trainer, cfg)
     batches = itertools.cycle(list(trainer.get_train_dataloader()))  # group_by_length order, as training sees it
     seen: list[tuple[int, int]] = []  # (rows, tokens) of every round, warm-up included
+    took: list[float] = []  # seconds of every round, warm-up included: the first holds a compile's cost
 
     def next_batch():
         batch = next(batches)
         seen.append(_rows_tokens(batch))
         return (batch,), {}
 
+    def timed_step(batch):
+        start = time.perf_counter()
+        loss = synced(step)(batch)
+        took.append(time.perf_counter() - start)
+        return loss
+
     torch.cuda.reset_peak_memory_stats()
-    loss = benchmark.pedantic(synced(step), setup=next_batch, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    loss = benchmark.pedantic(timed_step, setup=next_batch, rounds=rounds, warmup_rounds=warmup, iterations=1)
     assert math.isfinite(loss) and model.training
     under_cap(gpu_profile)
-    info.update(checkpointing=models.checkpointing_on(model), **peak())
+    info.update(checkpointing=models.checkpointing_on(model), first_step_s=round(took[0], 3), **peak())
     if benchmark.stats and len(seen) >= warmup + rounds:
         # The last `rounds` batches: an extra profiling round (--benchmark-cprofile) comes after the timed ones
         # and stands in for the first of them, the same count of batches either way.
