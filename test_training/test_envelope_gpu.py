@@ -164,7 +164,7 @@ def test_default_recipe_memory_against_the_original(recipe_rates, record_propert
     assert memory <= MEMORY_MEASURED, f"default peaks at {memory:.2f}x the original's allocated memory"
 
 
-@pytest.mark.parametrize("trainer_kind", ["harness", "trl"])
+@pytest.mark.parametrize("trainer_kind", ["harness", "harness-compiled", "trl"])
 def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
                                               peer_rates, tmp_path) -> None:
     """The default recipe through the harness's Trainer and through TRL's SFTTrainer, bf16, same run."""
@@ -185,6 +185,7 @@ def _peer_trainer(trainer_kind: str, shape_dir: Path, tokenizer, gpu_profile, tm
     if trainer_kind == "trl":
         trainer = perf.trl_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora, max_length=SEQ)
     else:
+        cfg = dataclasses.replace(cfg, compile_layers=trainer_kind == "harness-compiled")
         trainer = train.make_trainer(tmp_path, shape_dir, tokenizer, prepared.train, cfg, lora)[0]
     return trainer, cfg
 
@@ -203,6 +204,23 @@ def test_harness_step_against_trl_at_equal_memory(peer_rates, shape_dir, shape_t
     assert ours["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
     assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
     assert speed >= PEER_MEASURED, f"the harness steps at {speed:.2f}x TRL's samples/s"
+
+
+def test_compiled_layers_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
+                                                     tmp_path_factory, record_property) -> None:
+    # Goal: >= 1.2x TRL's samples/s at equal memory, with the decoder layers compiled (train.compile_layers).
+    ours, theirs = _rates_or_measured(
+        peer_rates, ("harness-compiled", "trl"),
+        lambda kind, tmp: _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile, tmp),
+        gpu_profile, tmp_path_factory)
+    speed = ours["samples_per_s"] / theirs["samples_per_s"]
+    memory = ours["peak_allocated_gib"] / theirs["peak_allocated_gib"]
+    record_property("compiled_speed_vs_trl", speed)
+    print(f"\nharness, layers compiled, vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory "
+          f"(goal {PEER_GOAL}x)")
+    assert ours["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
+    assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
+    assert speed >= PEER_GOAL, f"the compiled harness steps at {speed:.2f}x TRL's samples/s"
 
 
 # --- merge and generation of the 7B shape -----------------------------------------------------------
