@@ -190,37 +190,23 @@ def _peer_trainer(trainer_kind: str, shape_dir: Path, tokenizer, gpu_profile, tm
     return trainer, cfg
 
 
-def test_harness_step_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
+# The eager harness is held at what was measured (goal missed, PEER_WHY); with its decoder layers compiled
+# (train.compile_layers, not yet measured on a GPU) it is held to the goal itself.
+@pytest.mark.parametrize(("ours", "floor"), [("harness", PEER_MEASURED), ("harness-compiled", PEER_GOAL)])
+def test_harness_step_against_trl_at_equal_memory(ours, floor, peer_rates, shape_dir, shape_tokenizer, gpu_profile,
                                                   tmp_path_factory, record_property) -> None:
-    # Goal: >= 1.2x TRL's samples/s at equal memory; missed (PEER_WHY), so the measured ratio is what is held.
-    ours, theirs = _rates_or_measured(
-        peer_rates, ("harness", "trl"),
+    # Goal: >= 1.2x TRL's samples/s at equal memory.
+    mine, theirs = _rates_or_measured(
+        peer_rates, (ours, "trl"),
         lambda kind, tmp: _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile, tmp),
         gpu_profile, tmp_path_factory)  # gpu_profile is None here: the peers are compared on the whole card
-    speed = ours["samples_per_s"] / theirs["samples_per_s"]
-    memory = ours["peak_allocated_gib"] / theirs["peak_allocated_gib"]
-    record_property("speed_vs_trl", speed)
-    print(f"\nharness vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory (goal {PEER_GOAL}x: {PEER_WHY})")
-    assert ours["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
-    assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
-    assert speed >= PEER_MEASURED, f"the harness steps at {speed:.2f}x TRL's samples/s"
-
-
-def test_compiled_layers_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
-                                                     tmp_path_factory, record_property) -> None:
-    # Goal: >= 1.2x TRL's samples/s at equal memory, with the decoder layers compiled (train.compile_layers).
-    ours, theirs = _rates_or_measured(
-        peer_rates, ("harness-compiled", "trl"),
-        lambda kind, tmp: _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile, tmp),
-        gpu_profile, tmp_path_factory)
-    speed = ours["samples_per_s"] / theirs["samples_per_s"]
-    memory = ours["peak_allocated_gib"] / theirs["peak_allocated_gib"]
-    record_property("compiled_speed_vs_trl", speed)
-    print(f"\nharness, layers compiled, vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory "
-          f"(goal {PEER_GOAL}x)")
-    assert ours["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
-    assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
-    assert speed >= PEER_GOAL, f"the compiled harness steps at {speed:.2f}x TRL's samples/s"
+    speed = mine["samples_per_s"] / theirs["samples_per_s"]
+    memory = mine["peak_allocated_gib"] / theirs["peak_allocated_gib"]
+    record_property(f"{ours}_speed_vs_trl", speed)
+    print(f"\n{ours} vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory (goal {PEER_GOAL}x: {PEER_WHY})")
+    assert mine["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
+    assert memory <= PEER_MEMORY, f"not equal memory: {ours} peaks at {memory:.2f}x TRL's"
+    assert speed >= floor, f"{ours} steps at {speed:.2f}x TRL's samples/s"
 
 
 # --- merge and generation of the 7B shape -----------------------------------------------------------

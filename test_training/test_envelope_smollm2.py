@@ -140,26 +140,17 @@ def test_compiled_layers_speed_a_step_up(rates, record_property) -> None:
     assert speedup >= COMPILED_MEASURED, f"compiled layers step at {speedup:.2f}x the eager preset"
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("batch16", "trl-batch16"), ("preset", "trl-preset")])
+@pytest.mark.parametrize(("ours", "theirs"), [("batch16", "trl-batch16"), ("preset", "trl-preset"),
+                                             ("batch16-compiled", "trl-batch16"), ("preset-compiled", "trl-preset")])
 def test_the_harness_against_trl_at_the_same_settings(rates, ours, theirs, record_property) -> None:
-    # Goal: >= TRL_GOAL at equal memory; held at what TRL_MEASURED says for the LM head that ran.
+    # Goal: >= TRL_GOAL at equal memory. The eager harness is held at what TRL_MEASURED says for the LM head that
+    # ran; with its decoder layers compiled (train.compile_layers, not yet measured on a GPU), at the goal.
     speed = _ratio(rates, ours, theirs)
     speed_measured, memory_measured = TRL_MEASURED[rates[ours]["response_logits"]]
+    floor = TRL_GOAL if ours.endswith("-compiled") else 0.95 * speed_measured
     memory = rates[ours]["peak_allocated_gib"] / rates[theirs]["peak_allocated_gib"]
     record_property(f"{ours}_vs_trl", {"tokens_per_s": speed, "peak_memory": memory})
     print(f"\n{ours} vs TRL: {speed:.2f}x tokens/s at {memory:.2f}x peak memory (goal {TRL_GOAL}x)")
     assert rates[ours]["checkpointing"] == rates[theirs]["checkpointing"]  # the same work
-    assert speed >= 0.95 * speed_measured, f"the harness steps at {speed:.2f}x TRL's tokens/s"
-    assert memory <= memory_measured * 1.05, f"the harness peaks at {memory:.2f}x TRL's memory"
-
-
-@pytest.mark.parametrize(("ours", "theirs"), [("batch16-compiled", "trl-batch16"), ("preset-compiled", "trl-preset")])
-def test_compiled_layers_against_trl_at_the_same_settings(rates, ours, theirs, record_property) -> None:
-    # Goal: ahead of TRL (>= TRL_GOAL) at its memory, the decoder layers compiled (train.compile_layers).
-    speed = _ratio(rates, ours, theirs)
-    memory = rates[ours]["peak_allocated_gib"] / rates[theirs]["peak_allocated_gib"]
-    record_property(f"{ours}_vs_trl", {"tokens_per_s": speed, "peak_memory": memory})
-    print(f"\n{ours} vs TRL: {speed:.2f}x tokens/s at {memory:.2f}x peak memory (goal {TRL_GOAL}x)")
-    assert rates[ours]["checkpointing"] == rates[theirs]["checkpointing"]  # the same work
-    assert speed >= TRL_GOAL, f"the compiled harness steps at {speed:.2f}x TRL's tokens/s"
-    assert memory <= TRL_MEASURED[True][1] * 1.05, f"the compiled harness peaks at {memory:.2f}x TRL's memory"
+    assert speed >= floor, f"{ours} steps at {speed:.2f}x TRL's tokens/s"
+    assert memory <= memory_measured * 1.05, f"{ours} peaks at {memory:.2f}x TRL's memory"
