@@ -51,8 +51,9 @@ def unsupported(model) -> str | None:
     experts, one device, and nothing in its generation_config that changes greedy decoding."""
     from transformers.cache_utils import StaticLayer
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "cache" not in inspect.signature(inner.forward).parameters:
+    from harness.model import unwrapped  # not at import: generate, which imports this, loads no transformers
+
+    if "cache" not in inspect.signature(unwrapped(model).forward).parameters:
         return "its forward takes no `cache` argument (transformers before 5.2x)"
     if not isinstance(StaticLayer(max_cache_len=1).cumulative_length, torch.Tensor):
         return "transformers' static cache keeps its length on the host"

@@ -234,18 +234,23 @@ def checkpointing_on(model) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
-def compile_layers(model) -> int:
+def unwrapped(model):
+    """The transformers model inside a peft wrapper, or ``model`` itself when it is not wrapped."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def compile_layers(model) -> None:
     """Compile each decoder layer of ``model`` (a peft model or a plain one) in place: torch.compile's regional
     recipe for repeated blocks, forward and backward, sequence lengths dynamic from the first batch.
 
     The layers are one class with one code path, and dynamo treats their parameters (the 4-bit weights and the
     LoRA factors) as inputs, so one graph serves every layer; activation checkpointing is traced inside it.
     The first layer's input is made to require grad like the others' (the frozen embeddings' output would not),
-    or the first layer would take a graph of its own. Returns how many layers were compiled.
+    or the first layer would take a graph of its own.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     layers = [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise InputError(f"train.compile_layers: {type(inner).__name__} has no decoder layers transformers marks as "
@@ -253,7 +258,6 @@ def compile_layers(model) -> int:
     inner.enable_input_require_grads()
     for layer in layers:
         layer.compile(dynamic=True)
-    return len(layers)
 
 
 @contextlib.contextmanager

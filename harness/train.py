@@ -121,8 +121,7 @@ def response_loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tenso
 def masks_logits(model) -> bool:
     """Whether ``model``'s forward takes a boolean ``logits_to_keep`` mask: its modeling module uses
     transformers' ``slice_logits_to_keep`` and that helper keeps the True positions (transformers 5.22 on)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    helper = getattr(sys.modules.get(type(inner).__module__), "slice_logits_to_keep", None)
+    helper = getattr(sys.modules.get(type(models.unwrapped(model)).__module__), "slice_logits_to_keep", None)
     if helper is None:
         return False
     try:  # a helper that knows only integer positions fails on a mask, or keeps the wrong shape
