@@ -158,8 +158,10 @@ class TrainConfig:
     # The LM head and the loss run only at the positions that predict a response token (not the prompt, not the
     # padding): the vocabulary-wide logits are a large share of a small model's training memory (SmolLM2, 49k
     # vocabulary, batch 32: 20.1 GiB with every position's, where TRL's chunked log-probabilities peak at 13.2).
-    # Needs a transformers whose causal LMs take a boolean ``logits_to_keep`` (5.22 on; 5.21 has the helper
-    # without masks, 5.17 neither): elsewhere every position's logits are computed and the loss is the same.
+    # Those positions are projected a chunk at a time (harness.loss: ~256 MB of fp32 logits, projected again in
+    # the backward pass), so even they are never whole: TRL's fused head does the same. Needs a transformers
+    # whose causal LMs take a boolean ``logits_to_keep`` (5.22 on; 5.21 has the helper without masks, 5.17
+    # neither): elsewhere every position's logits are computed and the loss is the same.
     response_logits: bool = True
     # Regional compilation: each decoder layer through torch.compile, forward and backward, lengths dynamic. The
     # layers share their code, so one graph serves all of them and the compile costs one layer's, not the

@@ -23,7 +23,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from harness import cache, distributed
+from harness import cache, distributed, loss
 from harness import model as models
 from harness.config import DataConfig, LoraSettings, TrainConfig
 from harness.errors import InputError
@@ -107,15 +107,52 @@ def response_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _response_targets(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The response tokens the kept positions predict, in ``response_positions`` order."""
+    return labels[:, 1:][labels[:, 1:] != IGNORED].to(device)
+
+
+def _per_item(total: torch.Tensor, targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None):
+    """``total`` over the accumulated batch's response-token count (this batch's when not given)."""
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return total / (count.to(total.device) if torch.is_tensor(count) else count)
+
+
 def response_loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
     """The causal LM loss of transformers (``ForCausalLMLoss``: fp32 cross-entropy summed over response tokens,
     over the accumulated batch's count of them) from the logits of the response positions only, ``(n, vocab)``
     (``ResponseLogitsCollator``)."""
     logits = outputs.logits
-    targets = labels[:, 1:][labels[:, 1:] != IGNORED].to(logits.device)
+    targets = _response_targets(labels, logits.device)
     total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    return total / (count.to(total.device) if torch.is_tensor(count) else count)
+    return _per_item(total, targets, num_items_in_batch)
+
+
+class ChunkedResponseLoss:
+    """``response_loss`` from the response positions' hidden states, the LM head applied by
+    ``loss.chunked_cross_entropy`` (``ChunkedHeadTrainer`` defers the model's own head)."""
+
+    def __init__(self, head: torch.nn.Linear, dtype: torch.dtype) -> None:
+        self.head, self.dtype = head, dtype
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None):
+        hidden = outputs.logits  # (n, hidden): what the deferred head was given
+        targets = _response_targets(labels, hidden.device)
+        total = loss.chunked_cross_entropy(hidden, self.head.weight, targets, self.dtype)
+        return _per_item(total, targets, num_items_in_batch)
+
+
+class ChunkedHeadTrainer(Trainer):
+    """A Trainer whose model stops before its LM head in the loss's forward: ``ChunkedResponseLoss`` projects the
+    response positions in chunks, so no batch's logits are ever whole."""
+
+    def __init__(self, *args, head: torch.nn.Linear, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head = head
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with loss.head_deferred(self.head):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def masks_logits(model) -> bool:
@@ -156,15 +193,15 @@ def make_trainer(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Trai
     columns = [c for c in ("input_ids", "attention_mask", "labels", "length") if c in train_ds.column_names]
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORED)
     masked = cfg.response_logits and masks_logits(model)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds.select_columns(columns),
-        data_collator=ResponseLogitsCollator(collator) if masked else collator,
-        processing_class=tokenizer,
-        callbacks=[guard],
-        compute_loss_func=response_loss if masked else None,
-    )
+    head = models.unwrapped(model).get_output_embeddings()
+    common = dict(model=model, args=args, train_dataset=train_ds.select_columns(columns),
+                  data_collator=ResponseLogitsCollator(collator) if masked else collator,
+                  processing_class=tokenizer, callbacks=[guard])
+    trainer: Trainer
+    if masked and loss.projects_plainly(head):
+        trainer = ChunkedHeadTrainer(**common, head=head, compute_loss_func=ChunkedResponseLoss(head, dtype))
+    else:  # a LoRA'd or quantised head: its logits are projected whole, by the head itself
+        trainer = Trainer(**common, compute_loss_func=response_loss if masked else None)
     trainer.remove_callback(PrinterCallback)  # loss is logged every step for metrics.json, not for the terminal
     return trainer, guard, dtype
 

@@ -111,6 +111,8 @@ def test_the_lm_head_runs_on_response_positions_only_and_the_loss_is_transformer
                                                                                    mini_prepared, tmp_path):
     import dataclasses
 
+    from harness import loss
+
     cfg, lora, _ = mini_configs
     tokenizer, prepared = mini_prepared
     # fp32 on every device: the comparison is of two ways to the same loss, not of bf16's rounding of them
@@ -118,16 +120,19 @@ def test_the_lm_head_runs_on_response_positions_only_and_the_loss_is_transformer
                                        dataclasses.replace(cfg, compute_dtype="fp32"), lora)
     if not train.masks_logits(trainer.model):
         pytest.skip("this transformers' causal LMs take no boolean logits_to_keep (transformers 5.22 on do)")
-    assert trainer.compute_loss_func is train.response_loss
+    assert isinstance(trainer, train.ChunkedHeadTrainer)
+    assert isinstance(trainer.compute_loss_func, train.ChunkedResponseLoss)
     model = trainer.model.eval()  # no dropout: both forwards see the same network
     batch = {k: v.to(model.device) for k, v in next(iter(trainer.get_train_dataloader())).items()}
     labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
     n = int((labels[:, 1:] != train.IGNORED).sum())
     assert 0 < n < labels.numel() and torch.equal(batch["logits_to_keep"], train.response_positions(labels))
 
-    out = model(input_ids=ids, attention_mask=mask, logits_to_keep=batch["logits_to_keep"])
-    assert out.logits.shape == (n, model.config.vocab_size)  # one row per predicted response token
-    ours, our_grads = _loss_and_grads(model, train.response_loss(out, labels, n))
+    with loss.head_deferred(trainer.head):  # what the loss is given: one hidden row per predicted response token
+        kept = model(input_ids=ids, attention_mask=mask, logits_to_keep=batch["logits_to_keep"]).logits
+    assert kept.shape == (n, model.config.hidden_size)
+    assert model(input_ids=ids[:1], attention_mask=mask[:1]).logits.shape[-1] == model.config.vocab_size  # put back
+    ours, our_grads = _loss_and_grads(model, trainer.compute_loss(model, dict(batch), num_items_in_batch=n))
     theirs, their_grads = _loss_and_grads(model, model(input_ids=ids, attention_mask=mask, labels=labels,
                                                        num_items_in_batch=n).loss)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
@@ -136,8 +141,8 @@ def test_the_lm_head_runs_on_response_positions_only_and_the_loss_is_transformer
     assert any(g.abs().sum() > 0 for g in their_grads.values())
 
     # Negative control: the head at the label positions themselves (one too late) is another loss.
-    late = model(input_ids=ids, attention_mask=mask, logits_to_keep=labels != train.IGNORED)
-    assert not torch.allclose(train.response_loss(late, labels, n), theirs, rtol=1e-3)
+    late = dict(batch, logits_to_keep=labels != train.IGNORED)
+    assert not torch.allclose(trainer.compute_loss(model, late, num_items_in_batch=n), theirs, rtol=1e-3)
 
 
 def test_response_logits_off_leaves_transformers_loss_and_collator(tiny_base_dir, mini_configs, mini_prepared,
