@@ -221,7 +221,7 @@ def stepper(trainer: Trainer, cfg: TrainConfig):
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         n_labels = int((batch["labels"][:, 1:] != IGNORED).sum())
-        with attention_kernels(cfg):
+        with attention_kernels(cfg), compile_failure_named(cfg):
             loss = trainer.training_step(model, batch, n_labels)
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         optimizer.step()  # unscales and skips on inf/nan under fp16, as in training
@@ -229,6 +229,25 @@ def stepper(trainer: Trainer, cfg: TrainConfig):
         return float(loss)
 
     return step, model
+
+
+@contextlib.contextmanager
+def compile_failure_named(cfg: TrainConfig):
+    """torch.compile failing on the decoder layer (``compile_layers``) as a one-line ``InputError`` naming the
+    setting. Seen on an H100 (torch 2.11, 2026-12-07): the 7B shape's checkpointed layer stops inductor's
+    partitioner ("Node add_590 was invalid, but is output") one minute into the first step."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        yield
+    except BackendCompilerFailed as err:
+        if not cfg.compile_layers:
+            raise
+        inner = err.inner_exception
+        checkpointed = " with gradient_checkpointing" if cfg.gradient_checkpointing else ""
+        raise InputError(f"[train] compile_layers: torch.compile could not compile the decoder layer{checkpointed} "
+                         f"({type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}); "
+                         "set compile_layers = false") from None
 
 
 def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings,
@@ -239,7 +258,7 @@ def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Tra
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with attention_kernels(cfg):
+    with attention_kernels(cfg), compile_failure_named(cfg):
         output = trainer.train()
     wall = time.perf_counter() - start
     metrics = _metrics(trainer, output, wall, guard, dtype, device)

@@ -199,6 +199,37 @@ def test_compiled_layers_train_what_eager_layers_train_in_one_graph(checkpointin
         assert (compiled_weights[name] - weight).norm() <= 1e-3 * moved, name
 
 
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_a_layer_inductor_cannot_compile_is_a_one_line_error_naming_the_setting(checkpointing, monkeypatch,
+                                                                                 tiny_base_dir, mini_configs,
+                                                                                 mini_prepared, tmp_path):
+    import dataclasses
+
+    from torch._dynamo.exc import BackendCompilerFailed
+    from transformers import Trainer
+
+    from harness.errors import InputError
+
+    cfg, lora, _ = mini_configs
+    tokenizer, prepared = mini_prepared
+
+    def inductor_fails(self, *args, **kwargs):  # what the 7B shape's checkpointed layer raised on an H100
+        raise BackendCompilerFailed(lambda *a: None, AssertionError("Node add_590 was invalid, but is output"), None)
+
+    monkeypatch.setattr(Trainer, "train", inductor_fails)
+    compiled = dataclasses.replace(cfg, compile_layers=True, gradient_checkpointing=checkpointing)
+    named = " with gradient_checkpointing" if checkpointing else ""
+    with pytest.raises(InputError, match=rf"^\[train\] compile_layers: torch.compile could not compile the decoder "
+                                         rf"layer{named} \(AssertionError: Node add_590 was invalid, but is output\); "
+                                         r"set compile_layers = false$"):
+        train.train_adapter(tmp_path / "compiled", tiny_base_dir, tokenizer, prepared.train, compiled, lora, {})
+    assert not (tmp_path / "compiled" / train.METRICS).exists()
+    # Negative control: a compile failure while compile_layers is off is torch's own error, not this setting's.
+    with pytest.raises(BackendCompilerFailed):
+        train.train_adapter(tmp_path / "eager", tiny_base_dir, tokenizer, prepared.train,
+                            dataclasses.replace(compiled, compile_layers=False), lora, {})
+
+
 def test_compile_layers_refuses_a_model_without_decoder_layers():
     from harness.errors import InputError
     from harness.model import compile_layers
