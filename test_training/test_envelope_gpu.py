@@ -49,14 +49,16 @@ BOUND_WHY = ("the step is the GPU's, not the host's: replayed as a CUDA graph it
              "in eager elementwise kernels, against the bound's 2.8 ms for the weights alone")
 
 
-# The harness's QLoRA step against TRL's SFTTrainer at equal memory (both checkpointed, bf16, batch 8): goal 1.2x,
-# measured 0.94x on the H200 (9.92 against 10.57 samples/s, 6.44 against 6.13 GiB peak; rounds vary +-20% with
-# the batches' lengths). Held at 0.85 so a regression fails.
-PEER_GOAL, PEER_MEASURED, PEER_MEMORY = 1.2, 0.85, 1.15
+# The harness's QLoRA step against TRL's SFTTrainer at equal memory (both checkpointed, bf16, batch 8): goal 1.2x.
+# Measured 0.94x on an H200 in an earlier session (9.92 against 10.57 samples/s, 6.44 against 6.13 GiB, the response
+# positions' logits whole); with the LM head applied in chunks (harness.loss), 1.14x on an H100 (2026-12-07, 8
+# steps each, one process: 13.25 against 11.67 samples/s at 11.09 against 11.07 GiB). Rounds vary +-20% with the
+# batches' lengths, so it is held at 1.0: at least TRL's speed at TRL's memory.
+PEER_GOAL, PEER_MEASURED, PEER_MEMORY = 1.2, 1.0, 1.05
 PEER_WHY = ("both run transformers' forward and backward of the same 4-bit model with bitsandbytes' kernels, the "
-            "same checkpointing and paged AdamW: the step is the libraries', and TRL's own work (its loss and "
-            "token-accuracy bookkeeping) is a small share of a 7B step; a 1.2x lead needs work the harness could "
-            "skip, and at batch 8 there is none left")
+            "same checkpointing and paged AdamW, and both project only the response positions in chunks: the "
+            "step is the libraries'. The lead left is compiling the decoder layers, which inductor cannot do for "
+            "the checkpointed 7B layer (torch 2.11, test_compiled_checkpointed_7b_layers_are_refused_by_name)")
 
 
 def _free_cuda() -> None:
@@ -164,7 +166,7 @@ def test_default_recipe_memory_against_the_original(recipe_rates, record_propert
     assert memory <= MEMORY_MEASURED, f"default peaks at {memory:.2f}x the original's allocated memory"
 
 
-@pytest.mark.parametrize("trainer_kind", ["harness", "harness-compiled", "trl"])
+@pytest.mark.parametrize("trainer_kind", ["harness", "trl"])
 def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
                                               peer_rates, tmp_path) -> None:
     """The default recipe through the harness's Trainer and through TRL's SFTTrainer, bf16, same run."""
@@ -190,23 +192,34 @@ def _peer_trainer(trainer_kind: str, shape_dir: Path, tokenizer, gpu_profile, tm
     return trainer, cfg
 
 
-# The eager harness is held at what was measured (goal missed, PEER_WHY); with its decoder layers compiled
-# (train.compile_layers, not yet measured on a GPU) it is held to the goal itself.
-@pytest.mark.parametrize(("ours", "floor"), [("harness", PEER_MEASURED), ("harness-compiled", PEER_GOAL)])
-def test_harness_step_against_trl_at_equal_memory(ours, floor, peer_rates, shape_dir, shape_tokenizer, gpu_profile,
+def test_harness_step_against_trl_at_equal_memory(peer_rates, shape_dir, shape_tokenizer, gpu_profile,
                                                   tmp_path_factory, record_property) -> None:
-    # Goal: >= 1.2x TRL's samples/s at equal memory.
+    # Goal: >= PEER_GOAL x TRL's samples/s at equal memory; held at what was measured (PEER_WHY).
     mine, theirs = _rates_or_measured(
-        peer_rates, (ours, "trl"),
+        peer_rates, ("harness", "trl"),
         lambda kind, tmp: _peer_trainer(kind, shape_dir, shape_tokenizer, gpu_profile, tmp),
         gpu_profile, tmp_path_factory)  # gpu_profile is None here: the peers are compared on the whole card
     speed = mine["samples_per_s"] / theirs["samples_per_s"]
     memory = mine["peak_allocated_gib"] / theirs["peak_allocated_gib"]
-    record_property(f"{ours}_speed_vs_trl", speed)
-    print(f"\n{ours} vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory (goal {PEER_GOAL}x: {PEER_WHY})")
+    record_property("harness_speed_vs_trl", speed)
+    print(f"\nharness vs TRL: {speed:.2f}x samples/s at {memory:.2f}x peak memory (goal {PEER_GOAL}x: {PEER_WHY})")
     assert mine["checkpointing"] and theirs["checkpointing"], "both must checkpoint activations: the same work"
-    assert memory <= PEER_MEMORY, f"not equal memory: {ours} peaks at {memory:.2f}x TRL's"
-    assert speed >= floor, f"{ours} steps at {speed:.2f}x TRL's samples/s"
+    assert memory <= PEER_MEMORY, f"not equal memory: the harness peaks at {memory:.2f}x TRL's"
+    assert speed >= PEER_MEASURED, f"the harness steps at {speed:.2f}x TRL's samples/s"
+
+
+def test_compiled_checkpointed_7b_layers_are_refused_by_name(shape_dir, shape_tokenizer, gpu_profile, tmp_path) -> None:
+    # Measured on an H100 (torch 2.11, 2026-12-07): inductor's partitioner fails on the 7B shape's checkpointed
+    # decoder layer ("Node add_590 was invalid, but is output") after a minute of compiling. The harness names
+    # the setting. When this fails because the step ran, measure harness-compiled against TRL (goal 1.2x).
+    from harness.errors import InputError
+
+    trainer, cfg = _peer_trainer("harness-compiled", shape_dir, shape_tokenizer, gpu_profile, tmp_path)
+    assert cfg.gradient_checkpointing
+    step, _ = train.stepper(trainer, cfg)
+    with pytest.raises(InputError, match=r"compile_layers: torch.compile could not compile the decoder layer with "
+                                         r"gradient_checkpointing"):
+        step(next(iter(trainer.get_train_dataloader())))
 
 
 # --- merge and generation of the 7B shape -----------------------------------------------------------
