@@ -37,11 +37,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         w = weight.to(dtype)
-        for start in range(0, hidden.shape[0], rows):
-            logits = _logits(hidden[start:start + rows], w)
-            lse[start:start + rows] = logits.logsumexp(dim=-1)
-            picked = logits.gather(1, targets[start:start + rows, None]).squeeze(1)
-            total += (lse[start:start + rows] - picked).sum()
+        for h, t, chunk_lse in zip(hidden.split(rows), targets.split(rows), lse.split(rows), strict=True):
+            logits = _logits(h, w)
+            chunk_lse.copy_(logits.logsumexp(dim=-1))  # a view: lse fills in place
+            total += (chunk_lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.dtype, ctx.rows = dtype, rows
         return total
@@ -49,20 +48,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):  # type: ignore[override]
         hidden, weight, targets, lse = ctx.saved_tensors
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-        w = weight.to(ctx.dtype)
-        for start in range(0, hidden.shape[0], ctx.rows):
-            h = hidden[start:start + ctx.rows]
+        rows, w = ctx.rows, weight.to(ctx.dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                       if ctx.needs_input_grad[1] else None)
+        for i, (h, t, chunk_lse) in enumerate(zip(hidden.split(rows), targets.split(rows), lse.split(rows),
+                                                  strict=True)):
             # d(sum of lse - picked)/d logits = softmax - one-hot, scaled by the incoming gradient (the fp16 loss
             # scale among it) before the cast to the compute dtype, as autograd orders it for transformers' loss
-            grad_logits = (_logits(h, w) - lse[start:start + ctx.rows, None]).exp_()
-            grad_logits.scatter_add_(1, targets[start:start + ctx.rows, None],
-                                     torch.full_like(lse[start:start + ctx.rows, None], -1.0))
+            grad_logits = (_logits(h, w) - chunk_lse[:, None]).exp_()
+            grad_logits.scatter_add_(1, t[:, None], torch.full_like(chunk_lse[:, None], -1.0))
             grad_logits = (grad_logits * grad_total).to(ctx.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:start + ctx.rows] = grad_logits @ w
+                grad_hidden[i * rows:(i + 1) * rows] = grad_logits @ w
             if grad_weight is not None:
                 grad_weight += (grad_logits.T @ h.to(ctx.dtype)).float()
         return (grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None, None, None, None)

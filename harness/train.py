@@ -221,7 +221,7 @@ def stepper(trainer: Trainer, cfg: TrainConfig):
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         n_labels = int((batch["labels"][:, 1:] != IGNORED).sum())
-        with attention_kernels(cfg), compile_failure_named(cfg):
+        with training_steps(cfg):
             loss = trainer.training_step(model, batch, n_labels)
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         optimizer.step()  # unscales and skips on inf/nan under fp16, as in training
@@ -244,10 +244,17 @@ def compile_failure_named(cfg: TrainConfig):
         if not cfg.compile_layers:
             raise
         inner = err.inner_exception
+        first_line = (str(inner).splitlines() or [""])[0]
         checkpointed = " with gradient_checkpointing" if cfg.gradient_checkpointing else ""
         raise InputError(f"[train] compile_layers: torch.compile could not compile the decoder layer{checkpointed} "
-                         f"({type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}); "
-                         "set compile_layers = false") from None
+                         f"({type(inner).__name__}: {first_line}); set compile_layers = false") from None
+
+
+@contextlib.contextmanager
+def training_steps(cfg: TrainConfig):
+    """What every optimizer step runs under, in ``train_adapter`` and in the benchmarks' ``stepper`` alike."""
+    with attention_kernels(cfg), compile_failure_named(cfg):
+        yield
 
 
 def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: TrainConfig, lora: LoraSettings,
@@ -258,7 +265,7 @@ def train_adapter(out_dir: Path, base: Path | str, tokenizer, train_ds, cfg: Tra
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with attention_kernels(cfg), compile_failure_named(cfg):
+    with training_steps(cfg):
         output = trainer.train()
     wall = time.perf_counter() - start
     metrics = _metrics(trainer, output, wall, guard, dtype, device)
