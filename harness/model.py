@@ -244,9 +244,11 @@ def compile_layers(model) -> None:
     recipe for repeated blocks, forward and backward, sequence lengths dynamic from the first batch.
 
     The layers are one class with one code path, and dynamo treats their parameters (the 4-bit weights and the
-    LoRA factors) as inputs, so one graph serves every layer; activation checkpointing is traced inside it.
-    The first layer's input is made to require grad like the others' (the frozen embeddings' output would not),
-    or the first layer would take a graph of its own.
+    LoRA factors) as inputs, so one graph serves every layer. A checkpointed layer compiles its blocks instead
+    (attention, MLP, norms: one graph per class), so the checkpoint stays eager around compiled code: traced
+    into the layer's graph, it stopped inductor's partitioner on the 7B shape (H100, torch 2.11: "Node add_590
+    was invalid, but is output"). The first layer's input is made to require grad like the others' (the frozen
+    embeddings' output would not), or the first layer would take a graph of its own.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -257,7 +259,8 @@ def compile_layers(model) -> None:
                          "repeated blocks (GradientCheckpointingLayer): set compile_layers = false")
     inner.enable_input_require_grads()
     for layer in layers:
-        layer.compile(dynamic=True)
+        for region in (layer.children() if layer.gradient_checkpointing else (layer,)):
+            region.compile(dynamic=True)
 
 
 @contextlib.contextmanager
