@@ -167,8 +167,8 @@ class TrainConfig:
     # checkpointed layer: its blocks, the checkpoint left eager). The layers share their code, so one graph
     # serves all of them and the compile costs one layer's, not the model's. It fuses the elementwise work
     # around the 4-bit matmuls and cuts Python and launches: SmolLM2's shape on an H100, 1.20x the eager
-    # preset's tokens/s and 1.10x TRL's at 0.88x its memory; the 7B shape, checkpointed, 1.11-1.15x TRL at batch
-    # 8, 1.24-1.31x at 16, 1.40x at 32, at equal memory. The first step waits for the compile (62-84 s on
+    # preset's tokens/s and 1.10x TRL's at 0.88x its memory; the 7B shape, checkpointed, 1.08-1.15x TRL at batch
+    # 8, 1.24-1.35x at 16, 1.37-1.40x at 32, at equal memory. The first step waits for the compile (62-84 s on
     # SmolLM2, ~80 s on the 7B shape; inductor's cache keeps it for later runs), which the preset's 175 steps do
     # not win back: off by default.
     compile_layers: bool = False
