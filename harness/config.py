@@ -165,12 +165,11 @@ class TrainConfig:
     response_logits: bool = True
     # Regional compilation: each decoder layer through torch.compile, forward and backward, lengths dynamic (a
     # checkpointed layer: its blocks, the checkpoint left eager). The layers share their code, so one graph
-    # serves all of them and the compile costs one layer's, not the model's. It fuses the elementwise work
-    # around the 4-bit matmuls and cuts Python and launches: SmolLM2's shape on an H100, 1.20x the eager
-    # preset's tokens/s and 1.10x TRL's at 0.88x its memory; the 7B shape, checkpointed, 1.08-1.15x TRL at batch
-    # 8, 1.24-1.35x at 16, 1.37-1.40x at 32, at equal memory. The first step waits for the compile (62-84 s on
-    # SmolLM2, ~80 s on the 7B shape; inductor's cache keeps it for later runs), which the preset's 175 steps do
-    # not win back: off by default.
+    # serves all of them and the compile costs one layer's, not the model's. It cuts Python and launches and
+    # fuses elementwise work: SmolLM2's shape on an H100, 1.20x the eager preset's tokens/s and 1.10x TRL's at
+    # 0.88x its memory; the 7B shape, checkpointed, 1.08-1.15x TRL at batch 8, 1.24-1.35x at 16, 1.37-1.40x at
+    # 32, at equal memory. Each process's first step waits for the compile (62-84 s on SmolLM2, ~77 s on the 7B
+    # shape, as long again in a second process), which the preset's 175 steps do not win back: off by default.
     compile_layers: bool = False
     upcast_frozen: bool = False  # True: peft's k-bit preparation, frozen embeddings/lm_head/norms to fp32 (+0.5 GiB
     # on 7B and an fp32 residual stream; 2.5 vs 4.2 samples/s on the H100 under the T4 profile)

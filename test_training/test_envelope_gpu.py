@@ -52,21 +52,25 @@ BOUND_WHY = ("the step is the GPU's, not the host's: replayed as a CUDA graph it
 # The harness's QLoRA step against TRL's SFTTrainer at equal memory (both checkpointed, bf16, the default batch 8):
 # goal 1.2x. On an H100 (2026-12-07, docs/perf/h100-7b-shape-qlora-compiled-blocks-vs-trl.json, one process per
 # run, 8 steps each over the same batches): eager 0.87x (9.09 against 10.51 samples/s; 1.14x in an earlier
-# session, 0.94x before the chunked LM head), at 1.05x TRL's peak; with compile_layers 1.15x (12.04) in that run,
-# 1.11x (11.53 against 10.35) in another; in a third, these tests on another H100, 1.08x compiled and 0.99x eager
-# (both at 1.05x the memory). Rounds vary +-20% with the batches' lengths: held below the measured.
-PEER_GOAL, PEER_MEMORY = 1.2, 1.1
-PEER_MEASURED = {"harness": 0.8, "harness-compiled": 1.05}
+# session, 0.94x before the chunked LM head), at 1.05x TRL's peak; with compile_layers 1.15x (12.04) in that run;
+# these tests on another H100: 1.08x compiled and 0.99x eager, both at 1.05x the memory. Rounds vary +-20% with
+# the batches' lengths: held below the measured, compiled at TRL's own speed.
+PEER_GOAL, PEER_MEMORY = 1.2, 1.08
+PEER_MEASURED = {"harness": 0.8, "harness-compiled": 1.0}
 PEER_WHY = ("both run transformers' forward and backward of the same 4-bit model with bitsandbytes' kernels, the "
             "same checkpointing and paged AdamW, and both project only the response positions in chunks; "
-            "compiling the checkpointed layers' blocks fuses their elementwise work, which grows with the batch: "
+            "compiling the checkpointed layers' blocks gains more as the batch grows (not profiled; likely the "
+            "fused elementwise work around the 4-bit matmuls): "
             "1.24-1.35x at batch 16, 1.37-1.40x at batch 32 (test_best_under_the_t4_cap_against_trl_best), "
             "1.08-1.15x at batch 8")
 # Each peer's best configuration under a T4's 15 GiB, both in bf16 (TRL 1.16 cannot take fp16 loss scaling):
 # goal >= 1.0x TRL's best. Measured on the H100 (same file): TRL's best is batch 32 checkpointed, 19.61 samples/s
 # at 12.52 GiB (batch 16: 17.62 and 17.88; batch 8: 10.35; unchecked, batch 2: 4.63, batch 4 out of memory); the
 # harness's, compiled at batch 32, 27.39 at 12.63 GiB: 1.40x. This test on another H100: TRL batch 32 20.89 (batch
-# 48 and unchecked batch 4 out of memory), the harness batch 32 28.65: 1.37x. Held at 1.2.
+# 48 and unchecked batch 4 out of memory), the harness batch 32 28.65: 1.37x. Held at 1.2. The harness's series
+# stops at 32, so its best is a lower bound. The cap is torch's allocator's: bitsandbytes' paged AdamW state
+# (~1.3 GB for r=64 on 7B, unified memory it pages out under pressure, never freed between configurations) is
+# outside it, for both peers alike.
 T4_PEER_GOAL, T4_PEER_MEASURED = 1.0, 1.2
 T4_PEER_CONFIGS = {  # (batch, checkpointing): TRL's up to the first size each way that does not fit
     "trl": [(8, True), (16, True), (32, True), (48, True), (2, False), (4, False)],
@@ -251,7 +255,7 @@ def _best_under_cap(kind: str, shape_dir: Path, tokenizer, gpu_profile, tmp_path
 
 def test_best_under_the_t4_cap_against_trl_best(shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory,
                                                 record_property) -> None:
-    # Goal: >= T4_PEER_GOAL x TRL's best configuration under a T4's 15 GiB; held at the measured (1.40x).
+    # Goal: >= T4_PEER_GOAL x TRL's best configuration under a T4's 15 GiB; held at T4_PEER_MEASURED (1.37-1.40x).
     if not gpu_profile:
         pytest.skip("run with --gpu-profile t4: each peer's best configuration under a T4's memory")
     theirs, mine = (_best_under_cap(kind, shape_dir, shape_tokenizer, gpu_profile, tmp_path_factory)
@@ -261,9 +265,11 @@ def test_best_under_the_t4_cap_against_trl_best(shape_dir, shape_tokenizer, gpu_
     print(f"\nunder the T4 cap, bf16: harness {mine['best']} {mine['samples_per_s']:.2f} samples/s against TRL "
           f"{theirs['best']} {theirs['samples_per_s']:.2f}: {speed:.2f}x (goal {T4_PEER_GOAL}x)\n"
           f"TRL tried: {theirs['tried']}\nharness tried: {mine['tried']}")
-    for checkpointing in (True, False):  # TRL's best is the best that fits: each series ends out of memory
-        last = [n for n, r in theirs["tried"].items() if n.endswith("-unchecked") != checkpointing][-1]
-        assert theirs["tried"][last].get("out_of_memory"), f"TRL's {last} fits the cap: try larger batches"
+    for checkpointing in (True, False):  # TRL's best is the best that fits: each series fits, then does not
+        series = [n for n in theirs["tried"] if n.endswith("-unchecked") != checkpointing]
+        misses = [bool(theirs["tried"][n].get("out_of_memory")) for n in series]
+        assert misses[-1], f"TRL's {series[-1]} fits the cap: try larger batches"
+        assert misses == sorted(misses), f"TRL's series {series} runs out of memory below a size that fits: {misses}"
     assert speed >= T4_PEER_MEASURED, f"the harness's best steps at {speed:.2f}x TRL's best"
 
 
