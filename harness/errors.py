@@ -12,3 +12,9 @@ class InputError(ValueError):
 def warn(message: str) -> None:
     """A problem that does not stop the run, as one ``warning:`` line on stderr (library code stays quiet)."""
     print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), for a one-line error."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -18,7 +18,7 @@ import importlib.util
 from pathlib import Path
 
 from harness import cache
-from harness.errors import InputError
+from harness.errors import InputError, first_line
 
 # name -> (package that ships it, file inside the package, how to get it)
 PACKAGED = {
@@ -65,7 +65,7 @@ def convert(path: Path, out_dir: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise InputError(f"base model {str(path)!r}: cannot read the GGUF file ({_first_line(err)})") from None
+        raise InputError(f"base model {str(path)!r}: cannot read the GGUF file ({first_line(err)})") from None
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)  # the tensors are dequantised already; only the marker stays
@@ -88,8 +88,3 @@ def eos_token_id(path: Path) -> int | None:
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise InputError(f"reading a GGUF base needs the gguf package ({GGUF_HINT})")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from harness import cache, distributed, inputs
 from harness.config import PACKAGED_BASES, STANDINS, LoraSettings, TrainConfig
-from harness.errors import InputError
+from harness.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def load_tokenizer(resolved: Path | str, revision: str | None = None, label: str
     try:
         tok = AutoTokenizer.from_pretrained(str(resolved), revision=revision, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        raise InputError(f"{label}: cannot load ({_first_line(err)[:200]})") from None
+        raise InputError(f"{label}: cannot load ({first_line(err)[:200]})") from None
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         if tok.unk_token_id is None or tok.unk_token_id == tok.eos_token_id:
             raise InputError(f"{label}: no pad token distinct from EOS (and no unk to use)")
@@ -172,7 +172,7 @@ def _from_pretrained(resolved: Path | str, **kwargs: Any):
     except torch.OutOfMemoryError:
         raise  # the machine, not the input
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # unknown model_type, bad weights
-        raise InputError(f"base model {resolved}: cannot load ({_first_line(err)[:200]})") from None
+        raise InputError(f"base model {resolved}: cannot load ({first_line(err)[:200]})") from None
 
 
 LORA_BIAS = ("none", "all", "lora_only")
@@ -239,6 +239,13 @@ def unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """``model``'s repeated blocks: the layers transformers can checkpoint (``GradientCheckpointingLayer``)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def compile_layers(model) -> None:
     """Compile each decoder layer of ``model`` (a peft model or a plain one) in place: torch.compile's regional
     recipe for repeated blocks, forward and backward, sequence lengths dynamic from the first batch.
@@ -250,10 +257,8 @@ def compile_layers(model) -> None:
     was invalid, but is output"). The first layer's input is made to require grad like the others' (the frozen
     embeddings' output would not), or the first layer would take a graph of its own.
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     inner = unwrapped(model)
-    layers = [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(inner)
     if not layers:
         raise InputError(f"train.compile_layers: {type(inner).__name__} has no decoder layers transformers marks as "
                          "repeated blocks (GradientCheckpointingLayer): set compile_layers = false")
@@ -270,11 +275,6 @@ def quiet_peft_checkpointing_probe() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def quiet_libraries() -> None:

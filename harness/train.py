@@ -26,7 +26,7 @@ from transformers.trainer_callback import PrinterCallback
 from harness import cache, distributed, loss
 from harness import model as models
 from harness.config import DataConfig, LoraSettings, TrainConfig
-from harness.errors import InputError
+from harness.errors import InputError, first_line
 
 RUN_CONFIG = "run_config.json"
 METRICS = "metrics.json"
@@ -245,10 +245,9 @@ def compile_failure_named(cfg: TrainConfig):
         if not cfg.compile_layers:
             raise
         inner = err.inner_exception
-        first_line = (str(inner).splitlines() or [""])[0]
         checkpointed = " with gradient_checkpointing" if cfg.gradient_checkpointing else ""
         raise InputError(f"[train] compile_layers: torch.compile could not compile the decoder layer{checkpointed} "
-                         f"({type(inner).__name__}: {first_line}); set compile_layers = false") from None
+                         f"({type(inner).__name__}: {first_line(inner)}); set compile_layers = false") from None
 
 
 @contextlib.contextmanager

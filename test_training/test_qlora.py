@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness import model as models
 from harness import train
 
 
@@ -164,12 +165,6 @@ def _steps(trainer, cfg, batches) -> tuple[list[float], dict[str, torch.Tensor]]
     return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _decoder_layers(model) -> list[torch.nn.Module]:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
 # ~38 s on 2 CPU cores checkpointed (the recipe's default: the blocks compiled), ~24 s not (the whole layer, as
 # SmolLM2's measured lead ran): the latter runs with -m slow, to keep CI within its 15 minutes.
 @pytest.mark.parametrize("checkpointing", [True, pytest.param(False, marks=pytest.mark.slow)])
@@ -197,7 +192,8 @@ def test_compiled_layers_train_what_eager_layers_train_in_one_graph(checkpointin
 
     # One graph for the 4 layers and the 3 lengths (the first layer's input requires grad like the others'); a
     # checkpointed layer's blocks take one each per class: attention, MLP and the norms (the checkpoint is eager).
-    graphs = len({type(block) for block in _decoder_layers(compiled.model)[0].children()}) if checkpointing else 1
+    blocks = models.decoder_layers(compiled.model)[0].children()
+    graphs = len({type(block) for block in blocks}) if checkpointing else 1
     assert counters["stats"]["unique_graphs"] - graphs_before == graphs
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-4, atol=1e-6)
     # Each LoRA weight's 3 updates agree to 1e-3 of their size (measured: at most 3.5e-4). Not elementwise: AdamW
