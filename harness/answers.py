@@ -33,7 +33,8 @@ def library_versions() -> dict[str, str]:
     """The versions that change what a model generates (the cache key's share of the environment)."""
     from harness.environment import versions
 
-    found = versions(("torch", "transformers", "peft", "bitsandbytes", "tokenizers"))
+    # triton: the decode attention kernel's compiler (GenerationConfig.decode_attention = "kernel")
+    found = versions(("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "triton"))
     return {k: v.split("+")[0] for k, v in found.items() if k != "python"}
 
 

@@ -255,7 +255,7 @@ def resolve_cache(setting: str, model, decode_steps: int | None = None, greedy: 
 def _graph_decoder(model, tokenizer, batch: int, positions: int, cfg: GenerationConfig) -> decode.GraphDecoder:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return decode.GraphDecoder(model, batch, positions, cfg.max_new_tokens, cfg.min_new_tokens,
-                               tokenizer.eos_token_id, pad)
+                               tokenizer.eos_token_id, pad, attention=cfg.decode_attention)
 
 
 def _forget_cache_length(model) -> None:

@@ -320,9 +320,10 @@ def shape_fp16(shape_dir, gpu_profile):
     return models.load_base(shape_dir, torch.float16)  # a merged model has exactly the base's shape and cost
 
 
-def _merged_way(cache: str, batch: int, new_tokens: int):
+def _merged_way(cache: str, batch: int, new_tokens: int, attention: str = "sdpa"):
     def make(shape_dir, shape_fp16):
-        gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch, cache=cache)
+        gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch, cache=cache,
+                               decode_attention=attention)
         return shape_fp16, gen, lambda tok, prompts: generate.generate(shape_fp16, tok, prompts, gen)
     return make
 
@@ -341,11 +342,14 @@ def _original_way(shape_dir, shape_fp16):
     ("way", "rounds"),
     [pytest.param(_merged_way("static", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-static-compiled"),
      pytest.param(_merged_way("graph", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-graph"),
+     pytest.param(_merged_way("graph", GEN_BATCH, GEN_NEW_TOKENS, "kernel"), 3, id="merged-fp16-b32-graph-kernel"),
      pytest.param(_merged_way("dynamic", GEN_BATCH, GEN_NEW_TOKENS), 3, id="merged-fp16-b32-dynamic"),
      # #12 asks for the larger batches' figures: the weights-only bound grows with the batch, the KV cache's
      # reads (which it leaves out) too, so the share is expected to fall; what a bigger batch buys is the point.
      *(pytest.param(_merged_way(cache, batch, GEN_NEW_TOKENS), 3, id=f"merged-fp16-b{batch}-{name}")
        for batch in LARGE_GEN_BATCHES for cache, name in (("static", "static-compiled"), ("graph", "graph"))),
+     *(pytest.param(_merged_way("graph", batch, GEN_NEW_TOKENS, "kernel"), 3, id=f"merged-fp16-b{batch}-graph-kernel")
+       for batch in LARGE_GEN_BATCHES),
      pytest.param(_merged_way("dynamic", 1, 32), 3, id="merged-fp16-b1-dynamic"),
      pytest.param(_original_way, 2, id="original-4bit-adapter-one-at-a-time-sampling")])
 def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, shape_fp16, shape_tokenizer,
@@ -359,7 +363,8 @@ def test_benchmark_7b_generation(benchmark, request, way, rounds, shape_dir, sha
                              iterations=1)  # warm-up: compile, allocator
     tokens = len(out) * gen.max_new_tokens  # min_new_tokens: every row decodes exactly this many
     bandwidth = perf.memory_bandwidth(torch.cuda.get_device_properties(0))
-    info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, **perf.peak()}
+    info = {"batch": gen.batch_size, "new_tokens": tokens, "cache": gen.cache, "attention": gen.decode_attention,
+            **perf.peak()}
     if bandwidth and gen.batch_size > 1:
         info["bound_tokens_per_s"] = perf.decode_bound_tokens_per_s(perf.weight_bytes(shape_fp16), bandwidth,
                                                                      gen.batch_size)
