@@ -238,8 +238,9 @@ class GenerationConfig:
     # otherwise). A model decoding after it in the same process reuses the graphs (bf16: 9.0 s with, 11.6 s
     # without); a cold evaluation pays them first. CUDA only; torch prefers cuDNN's attention on Hopper.
     cudnn_attention: bool = False
-    # A decode step's attention (cache "graph"): "sdpa" (PyTorch's memory-efficient kernel, which tiles 64 queries
-    # for the step's one) or "kernel" (harness.decode_attention: one query, the hidden cache slots not read).
+    # A decode step's attention over a static cache ("graph", "static"): "sdpa" (PyTorch's memory-efficient kernel,
+    # which tiles 64 queries for the step's one) or "kernel" (harness.decode_attention: one query, the hidden cache
+    # slots not read).
     decode_attention: str = "sdpa"
 
     def __post_init__(self) -> None:

@@ -24,7 +24,6 @@ the slots not yet written masked out.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Any
 
@@ -80,11 +79,10 @@ class GraphDecoder:
     captured decode step, reused by every batch of the call."""
 
     def __init__(self, model, batch: int, positions: int, max_new_tokens: int, min_new_tokens: int,
-                 eos_token_id: int, pad_token_id: int, attention: str = "sdpa") -> None:
+                 eos_token_id: int, pad_token_id: int) -> None:
         from transformers import StaticCache
 
         self.model, self.max_new, self.min_new = model, max_new_tokens, min_new_tokens
-        self.attention = attention  # "kernel": the decode step attends through harness.decode_attention
         device = model.device
         self.cache = StaticCache(config=model.config, max_cache_len=positions)
         # The graph reads and writes these addresses: every batch refills them in place.
@@ -106,25 +104,16 @@ class GraphDecoder:
         """The new tokens of one left-padded batch: ``[batch, steps]``, pad after a row's EOS."""
         if input_ids.shape[0] != self.tokens.shape[0]:
             raise ValueError(f"batch of {input_ids.shape[0]} rows for a decoder of {self.tokens.shape[0]}")
-        with self._attending():
-            self._prefill(input_ids, attention_mask)
-            taken = 1
-            while taken < self.max_new:
-                n = min(CHECK_EVERY, self.max_new - taken)
-                for _ in range(n):
-                    self._replay()
-                taken += n
-                if not bool(self.unfinished.any()):  # the only sync: every CHECK_EVERY steps
-                    break
+        self._prefill(input_ids, attention_mask)
+        taken = 1
+        while taken < self.max_new:
+            n = min(CHECK_EVERY, self.max_new - taken)
+            for _ in range(n):
+                self._replay()
+            taken += n
+            if not bool(self.unfinished.any()):  # the only sync: every CHECK_EVERY steps
+                break
         return self.out[:, :taken].clone()
-
-    def _attending(self) -> contextlib.AbstractContextManager[None]:
-        """The decode attention this decoder uses (the prefill, many tokens a row, goes to SDPA either way)."""
-        if self.attention != "kernel":
-            return contextlib.nullcontext()
-        from harness import decode_attention
-
-        return decode_attention.used_by(self.model)
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Reset the buffers in place, run the prompt through the model eagerly and choose the first token."""
