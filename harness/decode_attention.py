@@ -18,7 +18,6 @@ transformers' SDPA unchanged. On CPU tensors Triton's interpreter runs the kerne
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,9 +33,14 @@ NAME = "hearts-decode"
 BLOCK_N = 64  # key slots a program reads per iteration: 64 x head_dim 128 x 2 bytes, twice (keys, values)
 
 
-def available() -> str | None:
-    """Why the kernel cannot run here (None: it can): it needs Triton, which CUDA builds of torch ship."""
-    return None if triton is not None else "Triton is not installed (CUDA builds of torch ship it)"
+def available(device: torch.device) -> str | None:
+    """Why the kernel cannot run on ``device`` (None: it can): it needs Triton (CUDA builds of torch ship it), and
+    on CPU Triton's interpreter."""
+    if triton is None:
+        return "Triton is not installed (CUDA builds of torch ship it)"
+    if device.type != "cuda" and not triton.knobs.runtime.interpret:
+        return f"on {device.type} it runs only in Triton's interpreter (TRITON_INTERPRET=1), for tests"
+    return None
 
 
 def register() -> str:
@@ -78,10 +82,12 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if heads % kv_heads or dim & (dim - 1) or mask.shape[-1] != length:
         raise ValueError(f"decode attention: {heads} query heads over {kv_heads} KV heads, head size {dim} (a power "
                          f"of two), mask of {mask.shape[-1]} slots for {length}")
+    if KERNEL is None:
+        raise RuntimeError(f"decode attention: {available(query.device)}")
     group = heads // kv_heads
     out = torch.empty((batch, 1, heads, dim), dtype=query.dtype, device=query.device)
     mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask  # Triton reads bytes
-    _kernel(not query.is_cuda)[(batch, kv_heads)](
+    KERNEL[(batch, kv_heads)](
         query, key, value, mask, out, *query.stride()[:2], query.stride(3), *key.stride(), *value.stride(),
         mask.stride(0), mask.stride(3), out.stride(0), out.stride(2), length, scale,
         GROUP=group, GROUP_PAD=triton.next_power_of_2(group), DIM=dim, BLOCK_N=BLOCK_N)
@@ -126,16 +132,9 @@ def _attend_one_token(q, k, v, m, o, sqb, sqh, sqd, skb, skh, skn, skd, svb, svh
     tl.store(o + row * sob + heads[:, None] * soh + d[None, :], out.to(o.dtype.element_ty), mask=real[:, None])
 
 
-@functools.cache
-def _kernel(interpret: bool):
-    """The kernel, compiled for the GPU or (``interpret``: CPU tensors) run by Triton's interpreter."""
-    previous = triton.knobs.runtime.interpret
-    triton.knobs.runtime.interpret = interpret  # read when jit wraps the function
-    try:
-        return triton.jit(_attend_one_token)
-    finally:
-        triton.knobs.runtime.interpret = previous
-
+# Compiled for the GPU; with TRITON_INTERPRET=1 set before Triton is imported (Triton's own switch), run by its
+# interpreter on CPU tensors. Wrapped at import, so a compiled decode step (dynamo) finds it ready.
+KERNEL = triton.jit(_attend_one_token) if triton is not None else None
 
 @contextlib.contextmanager
 def used_by(model) -> Iterator[None]:

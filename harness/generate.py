@@ -266,7 +266,7 @@ def _decode_attention(model, cfg: GenerationConfig, cache: str) -> contextlib.Ab
         return contextlib.nullcontext()
     from harness import decode_attention
 
-    if why := decode_attention.available():
+    if why := decode_attention.available(model.device):
         raise InputError(f"decode_attention 'kernel': {why}")
     return decode_attention.used_by(model)
 
