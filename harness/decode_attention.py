@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - the package's test extra installs it
 
 NAME = "hearts-decode"
 BLOCK_N = 64  # key slots a program reads per iteration: 64 x head_dim 128 x 2 bytes, twice (keys, values)
+NUM_WARPS = 4
 
 
 def available(device: torch.device) -> str | None:
@@ -90,7 +91,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     KERNEL[(batch, kv_heads)](
         query, key, value, mask, out, *query.stride()[:2], query.stride(3), *key.stride(), *value.stride(),
         mask.stride(0), mask.stride(3), out.stride(0), out.stride(2), length, scale,
-        GROUP=group, GROUP_PAD=triton.next_power_of_2(group), DIM=dim, BLOCK_N=BLOCK_N)
+        GROUP=group, GROUP_PAD=triton.next_power_of_2(group), DIM=dim, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
     return out
 
 
