@@ -33,8 +33,7 @@ def library_versions() -> dict[str, str]:
     """The versions that change what a model generates (the cache key's share of the environment)."""
     from harness.environment import versions
 
-    # triton: the decode attention kernel's compiler (GenerationConfig.decode_attention = "kernel")
-    found = versions(("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "triton"))
+    found = versions(("torch", "transformers", "peft", "bitsandbytes", "tokenizers"))
     return {k: v.split("+")[0] for k, v in found.items() if k != "python"}
 
 

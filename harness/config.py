@@ -238,14 +238,10 @@ class GenerationConfig:
     # otherwise). A model decoding after it in the same process reuses the graphs (bf16: 9.0 s with, 11.6 s
     # without); a cold evaluation pays them first. CUDA only; torch prefers cuDNN's attention on Hopper.
     cudnn_attention: bool = False
-    # A decode step's attention over a static cache ("graph", "static"): "sdpa" (PyTorch's memory-efficient kernel,
-    # which tiles 64 queries for the step's one) or "kernel" (harness.decode_attention: one query, the hidden cache
-    # slots not read).
-    decode_attention: str = "sdpa"
 
     def __post_init__(self) -> None:
         rules = {"max_new_tokens": _int_in(1), "batch_size": _int_in(1, optional=True),
-                 "top_p": _number_in(0, 1, open_low=True), "decode_attention": _one_of("sdpa", "kernel"),
+                 "top_p": _number_in(0, 1, open_low=True),
                  "seed": _int_in(0, MAX_SEED), "cache": _one_of("auto", "dynamic", "static", "graph"),
                  "min_new_tokens": _int_in(0, self.max_new_tokens if isinstance(self.max_new_tokens, int) else 0)}
         if self.do_sample:  # greedy decoding ignores the temperature

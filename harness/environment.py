@@ -22,7 +22,7 @@ from harness.errors import InputError
 # The distributions whose versions shape a result (read from metadata: nothing is imported).
 DISTRIBUTIONS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
                  "safetensors", "numpy", "emoji", "huggingface_hub", "matplotlib", "scipy", "sacrebleu",
-                 "jsonschema", "gguf", "trl", "triton")
+                 "jsonschema", "gguf", "trl")
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)")
 
 

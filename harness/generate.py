@@ -25,7 +25,6 @@ against the 4-bit model agreed on 295-297 of 316 against 298-300. ``cache = "dyn
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import gc
@@ -143,7 +142,7 @@ def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | N
     results: dict[int, Generation] = {}
     # (A decode step compiled or captured under one setting keeps the kernels it was made with: a process switching
     # ``cudnn_attention`` between compiled calls wants ``torch._dynamo.reset()``; the harness never switches.)
-    with attention_kernels(model.device, cfg.cudnn_attention), _decode_attention(model, cfg, plan.cache):
+    with attention_kernels(model.device, cfg.cudnn_attention):
         graph = _graph_decoder(model, tokenizer, len(batches[0]), positions, cfg) if plan.cache == "graph" else None
         for batch in tqdm(batches, desc="generate", disable=not progress):
             chunk = [prompts[i] for i in batch]
@@ -257,18 +256,6 @@ def _graph_decoder(model, tokenizer, batch: int, positions: int, cfg: Generation
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return decode.GraphDecoder(model, batch, positions, cfg.max_new_tokens, cfg.min_new_tokens,
                                tokenizer.eos_token_id, pad)
-
-
-def _decode_attention(model, cfg: GenerationConfig, cache: str) -> contextlib.AbstractContextManager[None]:
-    """Within: ``model`` decodes through the decode attention kernel where ``cfg`` asks for it and the cache is
-    static (its decode steps see a boolean mask over the cache; a prompt's prefill goes to SDPA either way)."""
-    if cfg.decode_attention != "kernel" or cache not in ("static", "graph"):
-        return contextlib.nullcontext()
-    from harness import decode_attention
-
-    if why := decode_attention.available(model.device):
-        raise InputError(f"decode_attention 'kernel': {why}")
-    return decode_attention.used_by(model)
 
 
 def _forget_cache_length(model) -> None:
