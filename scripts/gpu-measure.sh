@@ -30,6 +30,9 @@
 #                                           of the one-batch decode (scripts/decode_shards.py)
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
+#   scripts/gpu-measure.sh peer-profile    torch.profiler of the 7B shape's QLoRA step at batch 8, bf16, the
+#                                           harness (compiled, eager) against TRL: GPU busy share, syncs, launches
+#                                           (scripts/peer_profile.py; docs/perf material)
 #   scripts/gpu-measure.sh generation-profile
 #                                           torch.profiler top-25 of the 7B shape's generation at batch 32 (128 new
 #                                           tokens), replayed as a CUDA graph and compiled (docs/perf material)
@@ -329,6 +332,9 @@ PY
 decode-shards)
     step decode-shards "$PY" -m scripts.decode_shards main "$OUT_DIR"
     ;;
+peer-profile)
+    step peer-profile "$PY" -m scripts.peer_profile "$OUT_DIR"
+    ;;
 generation-profile)
     step generation-profile "$PY" - "$OUT_DIR" <<'PY'
 import sys
@@ -471,7 +477,7 @@ PY
     ;;
 *)
     echo "usage: scripts/gpu-measure.sh smollm2|run|merge-fp32 [SEED] | planted | profile | battery|envelope [ARGS]" \
-         "| eval-cold TOML... | decode-equivalence TOML | lora-dtype TOML | cudnn-decode | decode-shards | compile-history | sweep train|run TOML..." >&2
+         "| eval-cold TOML... | decode-equivalence TOML | lora-dtype TOML | cudnn-decode | decode-shards | peer-profile | generation-profile | compile-history | sweep train|run TOML..." >&2
     exit 2
     ;;
 esac
