@@ -7,6 +7,7 @@ A base model is named by a Hub id, a local path, or one of the stand-ins built h
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -251,11 +252,11 @@ def compile_layers(model) -> None:
     recipe for repeated blocks, forward and backward, sequence lengths dynamic from the first batch.
 
     The layers are one class with one code path, and dynamo treats their parameters (the 4-bit weights and the
-    LoRA factors) as inputs, so one graph serves every layer. A checkpointed layer compiles its blocks instead
-    (attention, MLP, norms: one graph per class), so the checkpoint stays eager around compiled code: traced
-    into the layer's graph, it stopped inductor's partitioner on the 7B shape (H100, torch 2.11: "Node add_590
-    was invalid, but is output"). The first layer's input is made to require grad like the others' (the frozen
-    embeddings' output would not), or the first layer would take a graph of its own.
+    LoRA factors) as inputs, so one graph serves every layer. A checkpointed layer keeps its checkpoint eager and
+    compiles what the checkpoint runs (``compiled_checkpoint``): traced into the layer's graph, the checkpoint
+    stopped inductor's partitioner on the 7B shape (H100, torch 2.11: "Node add_590 was invalid, but is
+    output"). The first layer's input is made to require grad like the others' (the frozen embeddings' output
+    would not), or the first layer would take a graph of its own.
     """
     inner = unwrapped(model)
     layers = decoder_layers(inner)
@@ -263,9 +264,28 @@ def compile_layers(model) -> None:
         raise InputError(f"train.compile_layers: {type(inner).__name__} has no decoder layers transformers marks as "
                          "repeated blocks (GradientCheckpointingLayer): set compile_layers = false")
     inner.enable_input_require_grads()
+    run = torch.compile(_call, dynamic=True)  # one compiled trampoline: the layers share its graph
     for layer in layers:
-        for region in (layer.children() if layer.gradient_checkpointing else (layer,)):
-            region.compile(dynamic=True)
+        if layer.gradient_checkpointing:
+            compiled_checkpoint(layer, run)
+        else:
+            layer.compile(dynamic=True)
+
+
+def _call(function, *args):
+    return function(*args)
+
+
+def compiled_checkpoint(layer, run) -> None:
+    """Make checkpointed ``layer`` checkpoint ``run(f, *args)`` where it checkpointed ``f(*args)``: transformers
+    hands its checkpoint function the layer's forward (a partial over the layer and its keyword arguments), so
+    the whole forward is compiled, recomputation included, and the checkpoint around it stays eager.
+
+    Why not its blocks (attention, MLP, norms) one by one, as before: on the 7B shape at the recipe's batch 8 the
+    step is bound by the host (the GPU busy 28% of it, H100), and each compiled region's call costs host time of
+    its own (dynamo's guard check, autograd's wrapper, ~0.4 ms), 4 regions x 32 layers x forward, recomputation
+    and backward (``docs/perf/h100-7b-b8-*``)."""
+    layer._gradient_checkpointing_func = functools.partial(layer._gradient_checkpointing_func, run)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,9 @@ from test_training import perf
 
 BASE, SEQ, BATCH = "llama2-7b-shape", 512, 8  # the envelope's: the original's max length, the recipe's batch
 WARMUP, ROUNDS, PROFILED = 3, 8, 3
-PEERS = ("harness-compiled", "trl", "harness")  # the compiled harness first: the one the goal is held for
+# The compiled harness first (the one the goal is held for); "-blocks" is how compile_layers compiled a
+# checkpointed layer before (each block, a region of its own), for the side-by-side.
+PEERS = ("harness-compiled", "harness-compiled-blocks", "trl", "harness")
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 
 
@@ -49,7 +51,19 @@ def peer_trainer(kind: str, shape: Path, tokenizer, tmp: Path):
     prepared = data.prepare(data_cfg, tokenizer, cache_dir=tmp / "hf")
     if kind == "trl":
         return perf.trl_trainer(tmp, shape, tokenizer, prepared.train, cfg, lora, max_length=SEQ), cfg
-    return train.make_trainer(tmp, shape, tokenizer, prepared.train, cfg, lora)[0], cfg
+    trainer = train.make_trainer(tmp, shape, tokenizer, prepared.train, cfg, lora)[0]
+    if kind == "harness-compiled-blocks":
+        compile_blocks(trainer.model)
+    return trainer, cfg
+
+
+def compile_blocks(model) -> None:
+    """``model.compile_layers`` on a checkpointed model until 2026-12-07: each block of each layer compiled."""
+    inner = models.unwrapped(model)
+    inner.enable_input_require_grads()
+    for layer in models.decoder_layers(inner):
+        for block in layer.children():
+            block.compile(dynamic=True)
 
 
 def timed(step, batches, rounds: int) -> tuple[float, int, int]:
