@@ -36,7 +36,7 @@ from harness.standin import shape_7b_base
 from test_training import perf
 
 BASE, SEQ, BATCH = "llama2-7b-shape", 512, 8  # the envelope's: the original's max length, the recipe's batch
-WARMUP, ROUNDS, PROFILED = 3, 8, 3
+WARMUP, ROUNDS, PROFILED = 3, 16, 3
 # The compiled harness first (the one the goal is held for); "-blocks" is how compile_layers compiled a
 # checkpointed layer before (each block, a region of its own), for the side-by-side.
 PEERS = ("harness-compiled", "harness-compiled-blocks", "trl", "harness")
