@@ -282,9 +282,9 @@ def compiled_checkpoint(layer, run) -> None:
     the whole forward is compiled, recomputation included, and the checkpoint around it stays eager.
 
     Why not its blocks (attention, MLP, norms) one by one, as before: on the 7B shape at the recipe's batch 8 the
-    step is bound by the host (the GPU busy 28% of it, H100), and each compiled region's call costs host time of
-    its own (dynamo's guard check, autograd's wrapper, ~0.4 ms), 4 regions x 32 layers x forward, recomputation
-    and backward (``docs/perf/h100-7b-b8-*``)."""
+    step is bound by the host (H100: the GPU busy 0.29 s of a 0.46 s step), and each compiled region's call costs
+    host time of its own (dynamo's guard check, autograd's wrapper): 256 calls a step for the blocks against 64.
+    One region a layer stepped 1.40x as fast as the blocks, side by side (``docs/perf/h100-7b-b8-*``)."""
     layer._gradient_checkpointing_func = functools.partial(layer._gradient_checkpointing_func, run)
 
 

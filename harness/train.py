@@ -236,7 +236,7 @@ def compile_failure_named(cfg: TrainConfig):
     """torch.compile failing on the decoder layer (``compile_layers``) as a one-line ``InputError`` naming the
     setting, not a page of compiler trace. Seen on an H100 (torch 2.11, 2026-12-07): the 7B shape's checkpointed
     layer, compiled whole, stopped inductor's partitioner ("Node add_590 was invalid, but is output") one minute
-    into the first step (``model.compile_layers`` now compiles a checkpointed layer's blocks instead)."""
+    into the first step (``model.compile_layers`` now compiles what the checkpoint runs, the checkpoint left eager)."""
     from torch._dynamo.exc import BackendCompilerFailed
 
     try:

@@ -1,7 +1,11 @@
-"""Why the harness's QLoRA step leads TRL's by less at the recipe's batch 8 than at 16 and 32 (#12): a
-torch.profiler window of the 7B shape's step, batch 8, bf16, checkpointed, for the harness (its layers' blocks
-compiled, and eager) and TRL 1.16's SFTTrainer, each built as the envelope builds it
+"""The harness's QLoRA step against TRL's at the recipe's batch 8 (#12): a torch.profiler window of the 7B
+shape's step, batch 8, bf16, checkpointed, for the harness (``compile_layers``; each layer's blocks compiled, as
+``compile_layers`` did before; eager) and TRL 1.16's SFTTrainer, each built as the envelope builds it
 (``test_envelope_gpu._peer_trainer``), in one process, one after the other, over the same batches.
+
+Measured on an H100 (2026-12-07, README's 7B section, ``docs/perf/h100-7b-b8-*``): both peers' steps are the
+host's (the GPU busy for half of each or less); compiled one region a layer 1.82x TRL's samples/s, its blocks
+one by one 1.30x, eager 1.08x.
 
     scripts/gpu-measure.sh peer-profile     # = python3 -m scripts.peer_profile OUT_DIR (from the root)
 
