@@ -165,8 +165,8 @@ def _steps(trainer, cfg, batches) -> tuple[list[float], dict[str, torch.Tensor]]
     return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-# ~38 s on 2 CPU cores checkpointed (the recipe's default: the blocks compiled), ~24 s not (the whole layer, as
-# SmolLM2's measured lead ran): the latter runs with -m slow, to keep CI within its 15 minutes.
+# ~20 s on 2 CPU cores either way; checkpointed (the recipe's default) runs in CI, not (SmolLM2's preset) with
+# -m slow, to keep CI within its 15 minutes.
 @pytest.mark.parametrize("checkpointing", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_compiled_layers_train_what_eager_layers_train_in_one_graph(checkpointing, tiny_base_dir, mini_configs,
                                                                      mini_prepared, tmp_path):
