@@ -273,6 +273,8 @@ def compile_layers(model) -> None:
 
 
 def _call(function, *args):
+    """What a checkpoint runs, called: compiled once (``compile_layers``), so every layer's forward is traced as
+    this one function's graph, the layer and its keyword arguments among the graph's inputs."""
     return function(*args)
 
 
