@@ -164,9 +164,9 @@ class TrainConfig:
     # neither): elsewhere every position's logits are computed and the loss is the same.
     response_logits: bool = True
     # Regional compilation: each decoder layer through torch.compile, forward and backward, lengths dynamic (a
-    # checkpointed layer: its forward, inside the eager checkpoint). The layers share their code, so one graph
-    # serves all of them and the compile costs one layer's, not the model's. It cuts Python and launches and
-    # fuses elementwise work: SmolLM2's shape on an H100, 1.20x the eager preset's tokens/s and 1.10x TRL's at
+    # checkpointed layer: its forward in training, inside the eager checkpoint). The layers share their code, so
+    # one graph serves all of them and the compile costs one layer's, not the model's. It cuts Python and launches
+    # and fuses elementwise work: SmolLM2's shape on an H100, 1.20x the eager preset's tokens/s and 1.10x TRL's at
     # 0.88x its memory; the 7B shape, checkpointed, at batch 8 1.47-1.82x TRL at equal memory (H100; 1.08-1.30x
     # with each layer's blocks compiled one by one, as before 2026-12-07, which gave 1.24-1.35x at 16 and
     # 1.37-1.40x at 32). Each process's first step waits for the compile (62-84 s on SmolLM2, 65-95 s on the 7B

@@ -280,13 +280,16 @@ def _call(function, *args):
 
 def compiled_checkpoint(layer, run) -> None:
     """Make checkpointed ``layer`` checkpoint ``run(f, *args)`` where it checkpointed ``f(*args)``: transformers
-    hands its checkpoint function the layer's forward (a partial over the layer and its keyword arguments), so
-    the whole forward is compiled, recomputation included, and the checkpoint around it stays eager.
+    hands its checkpoint function the layer's forward (a partial over the layer and its keyword arguments; over
+    its ``__call__`` in 5.17, tested on CPU too), so the whole forward is compiled, recomputation included, and
+    the checkpoint around it stays eager. Once per model, in training only (a layer in eval or under no_grad
+    skips its checkpoint and runs eager); enabling checkpointing again afterwards resets the function and undoes
+    it, so ``train.make_trainer`` enables it first and never asks the Trainer to.
 
     Why not its blocks (attention, MLP, norms) one by one, as before: on the 7B shape at the recipe's batch 8 the
-    step is bound by the host (H100: the GPU busy 0.29 s of a 0.46 s step), and each compiled region's call costs
-    host time of its own (dynamo's guard check, autograd's wrapper): 256 calls a step for the blocks against 64.
-    One region a layer stepped 1.40x as fast as the blocks, side by side (``docs/perf/h100-7b-b8-*``)."""
+    host sets the pace (H100: kernels 0.29 s of a 0.46 s step). One region a layer stepped 1.40x as fast as the
+    blocks with the same GPU work, so what it saves is host time: likely each compiled call's (dynamo's guard
+    check, autograd's wrapper), 64 calls a step against 256 (``docs/perf/h100-7b-b8-*``)."""
     layer._gradient_checkpointing_func = functools.partial(layer._gradient_checkpointing_func, run)
 
 

@@ -31,7 +31,8 @@
 #   scripts/gpu-measure.sh compile-history  whether sampled answers depend on what the process or the model object
 #                                           decoded before, per compile setting (base model, 12 seeded samples)
 #   scripts/gpu-measure.sh peer-profile    torch.profiler of the 7B shape's QLoRA step at batch 8, bf16, the
-#                                           harness (compiled, eager) against TRL: GPU busy share, syncs, launches
+#                                           harness (compiled; its blocks compiled, as before; eager) against TRL:
+#                                           GPU busy share, syncs, launches
 #                                           (scripts/peer_profile.py; docs/perf material)
 #   scripts/gpu-measure.sh generation-profile
 #                                           torch.profiler top-25 of the 7B shape's generation at batch 32 (128 new

@@ -3,9 +3,12 @@ shape's step, batch 8, bf16, checkpointed, for the harness (``compile_layers``; 
 ``compile_layers`` did before; eager) and TRL 1.16's SFTTrainer, each built as the envelope builds it
 (``test_envelope_gpu._peer_trainer``), in one process, one after the other, over the same batches.
 
-Measured on an H100 (2026-12-07, README's 7B section, ``docs/perf/h100-7b-b8-*``): both peers' steps are the
-host's (the GPU busy for half of each or less); compiled one region a layer 1.82x TRL's samples/s, its blocks
-one by one 1.30x, eager 1.08x.
+Measured on an H100 (2026-12-07, README's 7B section, ``docs/perf/h100-7b-b8-*``): the host sets each step's
+pace (kernels fill 46-64% of it); compiled one region a layer 1.82x TRL's samples/s, its blocks one by one 1.30x,
+eager 1.08x. The peers run in ``PEERS`` order in one process: the first pays the compile, and its allocator keeps
+what the compile reserved (``peak_reserved_gib``). ``host_cpu_step_s`` is the profiled window's self CPU time of
+every thread (autograd's backward thread too) a step, the profiler's own cost included: a comparison between
+peers, not the host time of an unprofiled step.
 
     scripts/gpu-measure.sh peer-profile     # = python3 -m scripts.peer_profile OUT_DIR (from the root)
 

@@ -55,22 +55,24 @@ BOUND_WHY = ("the step is the GPU's, not the host's: replayed as a CUDA graph it
 # over the same batches, docs/perf/h100-7b-b8-peer-profile.json): compiled 17.50 against TRL's 9.64 samples/s,
 # 1.82x at 1.04x its peak; eager 1.08x. These tests on another H100 (h100-7b-shape-qlora-one-region-vs-trl-
 # envelope.json): compiled 17.37 against 11.78, 1.47x at 1.05x; eager 0.81x. Each layer's blocks compiled one by
-# one (compile_layers until then) gave 1.30x in the first run and 1.08-1.26x in three others. Rounds vary with the
-# batches' lengths and the host's processor (the step is the host's: PEER_WHY): compiled held at the goal, eager
-# (0.81-1.08x in five runs at equal memory) below the measured.
+# one (compile_layers until then) gave 1.30x beside it (peer-profile) and 1.08-1.26x in three other runs. Rounds
+# vary with the batches' lengths and the host's processor (the host sets the pace: PEER_WHY): compiled held at the
+# goal, eager (0.81-1.08x in five runs at equal memory) below the measured.
 PEER_GOAL, PEER_MEMORY = 1.2, 1.08
 PEER_MEASURED = {"harness": 0.75, "harness-compiled": PEER_GOAL}
-PEER_WHY = ("at batch 8 both steps are bound by the host, not the GPU (H100: the GPU busy 0.29 s of the compiled "
-            "step's 0.46, 0.41 of TRL's 0.83). Eager, both run transformers' forward and backward of the same "
-            "4-bit model with bitsandbytes' kernels, the same checkpointing and paged AdamW, so the eager step is "
-            "the libraries' (12.5k kernel launches a step against TRL's 11.2k). Compiled, each checkpointed layer "
-            "is one region (7.5k launches, 64 guard checks a step, not 256 for its blocks one by one) and the "
-            "fused elementwise work leaves the GPU 0.29 s against TRL's 0.41")
+PEER_WHY = ("at batch 8 the host sets the pace, not the GPU (H100: kernels 0.29 s of the compiled step's 0.46, "
+            "0.41 s of TRL's 0.83). Eager, both run transformers' forward and backward of the same 4-bit model "
+            "with bitsandbytes' kernels, the same checkpointing and paged AdamW, so the eager step is the "
+            "libraries' (12.5k kernel launches a step against TRL's 11.2k). Compiled, the fused elementwise work "
+            "leaves the GPU 0.29 s against TRL's 0.41, and each checkpointed layer is one region: the same GPU "
+            "work as its blocks one by one, 0.18 s less of the host's a step (likely the 64 compiled calls a "
+            "step against 256)")
 # Each peer's best configuration under a T4's 15 GiB, both in bf16 (TRL 1.16 cannot take fp16 loss scaling):
 # goal >= 1.0x TRL's best. Measured on the H100 (same file): TRL's best is batch 32 checkpointed, 19.61 samples/s
 # at 12.52 GiB (batch 16: 17.62 and 17.88; batch 8: 10.35; unchecked, batch 2: 4.63, batch 4 out of memory); the
-# harness's, compiled at batch 32, 27.39 at 12.63 GiB: 1.40x. This test on another H100: TRL batch 32 20.89 (batch
-# 48 and unchecked batch 4 out of memory), the harness batch 32 28.65: 1.37x. Held at 1.2. The harness's series
+# harness's, its layers' blocks compiled (before the one-region compile; not run since), at batch 32, 27.39 at
+# 12.63 GiB: 1.40x. This test on another H100: TRL batch 32 20.89 (batch 48 and unchecked batch 4 out of memory),
+# the harness batch 32 28.65: 1.37x. Held at 1.2. The harness's series
 # stops at 32, so its best is a lower bound. The cap is torch's allocator's: bitsandbytes' paged AdamW state
 # (~1.3 GB for r=64 on 7B, unified memory it pages out under pressure, never freed between configurations) is
 # outside it, for both peers alike.
@@ -189,8 +191,8 @@ def test_default_recipe_memory_against_the_original(recipe_rates, record_propert
 @pytest.mark.parametrize("trainer_kind", ["harness", "harness-compiled", "trl"])
 def test_benchmark_7b_qlora_steps_against_trl(benchmark, trainer_kind, shape_dir, shape_tokenizer, gpu_profile,
                                               peer_rates, tmp_path) -> None:
-    """The default recipe through the harness's Trainer (eager, and with its layers' blocks compiled) and through
-    TRL's SFTTrainer, bf16, same run."""
+    """The default recipe through the harness's Trainer (eager, and with ``compile_layers``: one compiled region a
+    checkpointed layer) and through TRL's SFTTrainer, bf16, same run."""
     if gpu_profile:
         pytest.skip("TRL 1.16 casts the LoRA weights to bf16, which fp16 loss scaling rejects: compared in bf16 on "
                     "the whole card here, under the cap in test_best_under_the_t4_cap_against_trl_best")
