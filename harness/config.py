@@ -461,7 +461,17 @@ def recipe_configs(name: str, base_model: str, data: Mapping[str, Any] | None = 
 
 
 def preset(base_model: str, concern: str) -> dict[str, Any]:
-    return dict(PRESETS.get(base_model, {}).get(concern, {}))
+    return dict(PRESETS.get(preset_base(base_model), {}).get(concern, {}))
+
+
+def preset_base(base_model: str) -> str:
+    """The name whose preset ``base_model`` takes: itself, or for a packaged base's own GGUF file given by path,
+    that base's name (``gguf.packaged_name``: by content)."""
+    if Path(base_model).suffix.lower() != ".gguf":
+        return base_model
+    from harness.gguf import packaged_name  # not at import: hashing is for a .gguf path alone
+
+    return packaged_name(Path(base_model).expanduser()) or base_model
 
 
 def train_config(base_model: str = "tiny", table: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:

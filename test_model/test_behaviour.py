@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 
-from harness.config import GateConfig
+from harness.config import GateConfig, preset_base
 from harness.stats import heart_counts
 from harness.transform import HEARTS
 
@@ -48,9 +48,10 @@ ALLOWANCES: dict[tuple[str, str, str], Allowance] = {
 
 
 def allowed(cfg: GateConfig, base: str, device: str) -> GateConfig:
-    """``cfg`` with each threshold that has a measured allowance for (base, device) replaced by it."""
+    """``cfg`` with each threshold that has a measured allowance for (base, device) replaced by it (a packaged
+    base's own GGUF file, given by path, is that base: its preset trained it)."""
     return dataclasses.replace(cfg, **{check: a.threshold for (b, d, check), a in ALLOWANCES.items()
-                                       if (b, d) == (base, device)})
+                                       if (b, d) == (preset_base(base), device)})
 
 
 @pytest.fixture

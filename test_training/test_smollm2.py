@@ -133,3 +133,41 @@ def test_the_smollm2_preset_differs_from_the_default_only_where_it_says():
     cfg = train_config(BASE)
     assert {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(TrainConfig(
         base_model=BASE), f.name)} == set(preset)
+
+
+@pytest.fixture
+def packaged_file():
+    try:
+        return gguf.packaged_gguf(BASE)
+    except Exception as err:  # the package is optional; say how to get it
+        pytest.skip(str(err))
+
+
+def test_the_packaged_file_given_by_path_takes_the_packaged_preset_and_says_so(packaged_file, tmp_path, capsys):
+    import shutil
+
+    from harness import cli
+    from harness.commands import options
+    from harness.config import PRESETS, TrainConfig, train_config
+
+    copy = tmp_path / "elsewhere" / "SmolLM2.gguf"  # another place and name: the file is known by its bytes
+    copy.parent.mkdir()
+    shutil.copyfile(packaged_file, copy)
+    cfg = train_config(str(copy))
+    assert cfg.base_model == str(copy)  # loaded from where the user said
+    assert {k: getattr(cfg, k) for k in PRESETS[BASE]["train"]} == PRESETS[BASE]["train"]
+
+    args = cli.build_parser().parse_args(["eval", "--base-model", str(copy), "--out", str(tmp_path / "out")])
+    assert options.settings(args).train.learning_rate == PRESETS[BASE]["train"]["learning_rate"]
+    assert capsys.readouterr().err == (f"--base-model {copy}: the packaged '{BASE}' base's file (by sha256), so its "
+                                       "preset applies\n")
+
+    # Negative control: one byte changed is another model, on the defaults, and nothing is said.
+    other = tmp_path / "other.gguf"
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    other.write_bytes(bytes(data))
+    assert train_config(str(other)).learning_rate == TrainConfig(base_model=str(other)).learning_rate
+    args = cli.build_parser().parse_args(["eval", "--base-model", str(other), "--out", str(tmp_path / "out")])
+    options.settings(args)
+    assert capsys.readouterr().err == ""

@@ -4,6 +4,7 @@ their preflight: every input they name is checked before a model is built, loade
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from harness.config import (
     eval_config,
     generation_config,
     load_toml,
+    preset_base,
     train_config,
 )
 from harness.errors import InputError
@@ -105,6 +107,9 @@ def settings(args: argparse.Namespace) -> RunSettings:
             raise
         raise ConfigError(f"{args.config}: {err}") from None
     check_inputs(s)
+    if (named := preset_base(base)) != base:  # said, since the recipe is then not the defaults the user may expect
+        print(f"--base-model {base}: the packaged {named!r} base's file (by sha256), so its preset applies",
+              file=sys.stderr)
     return s
 
 
