@@ -49,10 +49,11 @@ def packaged_gguf(name: str) -> Path:
 
 def packaged_name(path: Path) -> str | None:
     """The packaged base whose GGUF file ``path`` is, by content; None for any other file or no file."""
-    if not path.is_file():
+    try:
+        stat = path.stat()
+        return _packaged_name(str(path.resolve()), stat.st_size, stat.st_mtime_ns) if path.is_file() else None
+    except OSError:  # unreadable: not known here; loading it names the file in its own one-line error
         return None
-    stat = path.stat()
-    return _packaged_name(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
